@@ -1,0 +1,114 @@
+"""The one interface between the FADE method and a host's text-to-image model.
+
+Every host (the embedded diffusers model, ComfyUI's MODEL/CLIP pair, a diffusers pipeline) is
+wrapped in a :class:`DenoiserAdapter`. The method only ever sees:
+
+- conditioning, made from prompts (:meth:`encode`), as an opaque batch of tensors;
+- the denoiser module, which may receive a LoRA, and the names of its candidate layers;
+- a schedule of noise levels and, for each level, the signal and noise scales ``alpha, sigma``
+  with ``x_t = alpha * x0 + sigma * noise``; that covers variance-preserving (eps and v) models
+  and rectified flow (``alpha = 1 - sigma``) alike;
+- one differentiable prediction of the clean sample x0, guidance included (:meth:`predict_x0`).
+
+Everything else (sampling, saliency, the adversary, training, export) is written once against
+this interface.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """A batch of host conditioning: named tensors whose first dimension is the prompt index."""
+
+    tensors: dict[str, torch.Tensor]
+
+    def __len__(self) -> int:
+        return next(iter(self.tensors.values())).shape[0]
+
+    def __getitem__(self, index: torch.Tensor | slice | Sequence[int]) -> Conditioning:
+        if not isinstance(index, (torch.Tensor, slice)):
+            index = torch.as_tensor(list(index), dtype=torch.long)
+        return Conditioning({key: value[index] for key, value in self.tensors.items()})
+
+    @staticmethod
+    def cat(parts: Sequence[Conditioning]) -> Conditioning:
+        keys = parts[0].tensors.keys()
+        return Conditioning({key: torch.cat([part.tensors[key] for part in parts]) for key in keys})
+
+    def detach(self) -> Conditioning:
+        return Conditioning({key: value.detach() for key, value in self.tensors.items()})
+
+
+class DenoiserAdapter(abc.ABC):
+    """A text-to-image model as FADE needs to see it. Subclasses wrap one host each."""
+
+    #: A readable identity of the base model, written into exported LoRA metadata.
+    model_name: str = "unknown"
+    #: Pixel-space models know their range: the sampler clips x0 predictions to +-this value
+    #: (as diffusers' DDIM ``clip_sample`` does). Latent models leave it None.
+    sample_clip: float | None = None
+
+    @property
+    @abc.abstractmethod
+    def denoiser(self) -> nn.Module:
+        """The module that LoRA layers are injected into, and whose names they carry."""
+
+    @property
+    @abc.abstractmethod
+    def sample_shape(self) -> tuple[int, ...]:
+        """Shape of one sample in the denoiser's space (latents, or pixels for pixel models)."""
+
+    @abc.abstractmethod
+    def encode(self, prompts: Sequence[str]) -> Conditioning:
+        """Conditioning for each prompt, without gradient."""
+
+    @abc.abstractmethod
+    def noise_levels(self, num_steps: int) -> torch.Tensor:
+        """The sampling schedule in host units (timesteps, sigmas), from pure noise to clean."""
+
+    @abc.abstractmethod
+    def signal_noise(self, level: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(alpha, sigma)`` at each noise level, so that ``x_t = alpha * x0 + sigma * noise``."""
+
+    @abc.abstractmethod
+    def predict_x0(
+        self, x_t: torch.Tensor, level: torch.Tensor, cond: Conditioning, guidance: float
+    ) -> torch.Tensor:
+        """One differentiable x0 prediction, with classifier-free or distilled guidance."""
+
+    def lora_candidates(self) -> dict[str, nn.Module]:
+        """Layers of :attr:`denoiser` that may receive a LoRA, by module name."""
+        return {
+            name: module
+            for name, module in self.denoiser.named_modules()
+            if isinstance(module, (nn.Linear, nn.Conv2d))
+        }
+
+    @abc.abstractmethod
+    def lora_key(self, module_name: str) -> str:
+        """The exported LoRA key prefix for a denoiser module, as the target loaders expect it."""
+
+    def to_images(self, samples: torch.Tensor) -> torch.Tensor:
+        """Samples to images in [0, 1], shape (N, C, H, W). Latent models decode here."""
+        raise NotImplementedError(f"{type(self).__name__} cannot turn samples into images")
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        alpha, sigma = self.signal_noise(level)
+        return per_sample(alpha, x0) * x0 + per_sample(sigma, x0) * noise
+
+    def freeze(self) -> None:
+        """Freezes the denoiser; LoRA layers bring their own trainable parameters."""
+        self.denoiser.requires_grad_(False)
+
+
+def per_sample(scale: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    scale = torch.as_tensor(scale, dtype=like.dtype, device=like.device)
+    return scale.reshape(-1, *([1] * (like.dim() - 1))) if scale.dim() else scale

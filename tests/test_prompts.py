@@ -1,0 +1,78 @@
+import re
+
+import pytest
+
+from fade_core.digits.judge import default_prompt_set
+from fade_core.errors import FadeInputError
+from fade_core.prompts import CATEGORIES, PromptSet, build_prompt_set, mentions, require_mentions
+
+
+def _differ_only_in(pair):
+    """The concept prompt with its trigger swapped for the neutral word is the neutral prompt."""
+    swapped = re.sub(rf"(?<!\w){re.escape(pair.trigger)}(?!\w)", pair.neutral, pair.concept_prompt, count=1)
+    return " ".join(swapped.split()) == pair.neutral_prompt
+
+
+@pytest.mark.parametrize("category", CATEGORIES)
+def test_pairs_differ_only_in_the_concept(category):
+    prompt_set = build_prompt_set(["Van Gogh"], category, synonyms={"Van Gogh": ["Vincent van Gogh"]},
+                                  neutral=["a painter"], num_prompts=40, seed=3)
+    for pair in prompt_set.pairs("all"):
+        assert mentions(pair.concept_prompt, [pair.trigger])
+        assert not mentions(pair.neutral_prompt, ["Van Gogh"])
+        assert _differ_only_in(pair), pair
+
+
+def test_removal_leaves_a_tidy_prompt():
+    prompt_set = build_prompt_set(["nude"], "explicit", neutral=[""], num_prompts=30)
+    for pair in prompt_set.pairs("all"):
+        assert "nude" not in pair.neutral_prompt
+        assert "  " not in pair.neutral_prompt and pair.neutral_prompt == pair.neutral_prompt.strip()
+
+
+def test_synonyms_contexts_and_split_are_seeded():
+    first = build_prompt_set(["airplane"], synonyms={"airplane": ["jet", "aircraft"]}, num_prompts=40, seed=1)
+    again = build_prompt_set(["airplane"], synonyms={"airplane": ["jet", "aircraft"]}, num_prompts=40, seed=1)
+    other = build_prompt_set(["airplane"], synonyms={"airplane": ["jet", "aircraft"]}, num_prompts=40, seed=2)
+    assert first == again and first != other
+    assert {p.trigger for p in first.pairs("all")} == {"airplane", "jet", "aircraft"}
+    assert len({p.template for p in first.pairs("all")}) >= 10
+    assert len(first.validation) == 10 and len(first.train) == 30
+    assert not {p.concept_prompt for p in first.validation} <= {p.concept_prompt for p in first.train}
+
+
+def test_several_concepts_and_json_round_trip():
+    prompt_set = build_prompt_set(["cat", "dog"], num_prompts=10)
+    assert {p.concept for p in prompt_set.train} == {"cat", "dog"}
+    assert PromptSet.from_json(prompt_set.to_json()) == prompt_set
+    assert "cat" in prompt_set.preview()
+
+
+def test_embedded_digit_prompts_use_other_digits_as_neutral():
+    prompt_set = default_prompt_set(["three", "seven"])
+    for pair in prompt_set.pairs("all"):
+        assert not mentions(pair.neutral_prompt, ["three", "3", "seven", "7"])
+        assert _differ_only_in(pair)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(concepts=[""]), "concept is empty"),
+        (dict(concepts=["  "]), "concept is empty"),
+        (dict(concepts=[]), "concept is empty"),
+        (dict(concepts=["cat"], category="animal"), "unknown category"),
+        (dict(concepts=["cat"], templates=["a photo of a dog"]), "exactly one {}"),
+        (dict(concepts=["cat"], neutral=["a cat toy"]), "name a concept being erased"),
+        (dict(concepts=["cat"], num_prompts=1), "at least 2"),
+    ],
+)
+def test_bad_prompt_input_is_named(kwargs, message):
+    with pytest.raises(FadeInputError, match=re.escape(message)):
+        build_prompt_set(**kwargs)
+
+
+def test_prompts_that_never_name_the_concept_are_refused():
+    with pytest.raises(FadeInputError, match="none of the 2 prompts mentions"):
+        require_mentions(["a dog", "a cat"], ["airplane", "jet"], "'airplane'")
+    require_mentions(["a dog", "a jet in the sky"], ["airplane", "jet"], "'airplane'")
