@@ -17,11 +17,13 @@ this interface.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from .errors import FadeInputError
 
 
 @dataclass(frozen=True)
@@ -84,12 +86,24 @@ class DenoiserAdapter(abc.ABC):
     ) -> torch.Tensor:
         """One differentiable x0 prediction, with classifier-free or distilled guidance."""
 
-    def lora_candidates(self) -> dict[str, nn.Module]:
-        """Layers of :attr:`denoiser` that may receive a LoRA, by module name."""
+    #: Module families a LoRA may be restricted to, as name tests. "cross_attention" holds the
+    #: projections that read the text (the paper finds the concept's saliency there); hosts whose
+    #: names differ (FLUX's joint attention) override this.
+    families: dict[str, Callable[[str], bool]] = {
+        "cross_attention": lambda name: ".attn2." in name and name.rsplit(".", 1)[-1] in ("to_k", "to_v"),
+        "attention": lambda name: ".attn1." in name or ".attn2." in name,
+        "all": lambda name: True,
+    }
+
+    def lora_candidates(self, family: str = "all") -> dict[str, nn.Module]:
+        """Linear and Conv2d layers of :attr:`denoiser` in a family, by module name."""
+        if family not in self.families:
+            raise FadeInputError(f"unknown module family {family!r}; choose one of {', '.join(self.families)}")
+        accepts = self.families[family]
         return {
             name: module
             for name, module in self.denoiser.named_modules()
-            if isinstance(module, (nn.Linear, nn.Conv2d))
+            if isinstance(module, (nn.Linear, nn.Conv2d)) and accepts(name)
         }
 
     @abc.abstractmethod

@@ -80,12 +80,13 @@ def cmd_erase(args: argparse.Namespace) -> int:
     )
     started = time.time()
     adapter = _load_adapter(None)
-    judge = DigitsJudge(seed=args.seed)
+    judge = DigitsJudge(seed=args.seed, concept_images=args.images)
     before = judge.measure(adapter, concepts)
     print(_format_scores("before", before.with_h(before)), flush=True)
 
-    saliency = compute_saliency(adapter, prompt_set, top_k=args.top_k, guidance=1.0, seed=args.seed)
-    print(saliency.summary(limit=args.top_k), flush=True)
+    mass = None if args.top_k else (1.0 if args.mass is None else args.mass)
+    saliency = compute_saliency(adapter, prompt_set, top_k=args.top_k, mass_fraction=mass, family=args.family, seed=args.seed)
+    print(saliency.summary(limit=10), flush=True)
     bar = tqdm(total=config.adversary_warmup + config.steps, desc="FADE", disable=args.quiet)
 
     def on_step(report) -> None:
@@ -172,6 +173,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .fade import FadeConfig
+
+    defaults = FadeConfig()
     parser = argparse.ArgumentParser(prog="python -m fade_core", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default="outputs", help="folder that every written file stays inside (default: outputs)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -180,14 +184,21 @@ def build_parser() -> argparse.ArgumentParser:
     erase.add_argument("--concept", required=True, help="a digit (zero .. nine) or style (bold, thin, inverted, slanted); several with commas")
     erase.add_argument("--synonyms", help="comma-separated synonyms (default: the numeral, or the style's second word)")
     erase.add_argument("--category", choices=("object", "celebrity", "explicit", "style"), help="checked against the concept")
-    erase.add_argument("--steps", type=int, default=300, help="LoRA updates (training stops earlier once the adversary is at chance)")
+    erase.add_argument("--steps", type=int, default=defaults.steps, help="LoRA updates (training stops earlier once the adversary is at chance)")
     erase.add_argument("--out", help="LoRA file name inside --output-dir (default fade-<concept>.safetensors)")
-    erase.add_argument("--rank", type=int, default=4)
-    erase.add_argument("--lr", type=float, default=1e-3)
-    erase.add_argument("--lambda", dest="preservation_weight", type=float, default=1.0, help="preservation weight")
-    erase.add_argument("--t0", type=float, default=0.5, help="share of sampling steps, from pure noise, that L_pres preserves")
-    erase.add_argument("--guidance", type=float, default=2.0)
-    erase.add_argument("--top-k", type=int, default=8, help="salient modules that receive the LoRA")
+    erase.add_argument("--rank", type=int, default=defaults.lora_rank)
+    erase.add_argument("--lr", type=float, default=defaults.learning_rate, help="LoRA learning rate")
+    erase.add_argument("--lambda", dest="preservation_weight", type=float, default=defaults.preservation_weight,
+                       help="preservation weight")
+    erase.add_argument("--t0", type=float, default=defaults.t0_fraction,
+                       help="share of sampling steps, counted from pure noise, whose neutral predictions L_pres keeps")
+    erase.add_argument("--guidance", type=float, default=defaults.guidance)
+    erase.add_argument("--family", default="cross_attention", choices=("cross_attention", "attention", "all"),
+                       help="modules that saliency ranks (default: the text-reading cross-attention projections)")
+    budget = erase.add_mutually_exclusive_group()
+    budget.add_argument("--top-k", type=int, help="the k most salient modules receive the LoRA")
+    budget.add_argument("--mass", type=float, help="the fewest modules holding this share of the saliency (default 1.0)")
+    erase.add_argument("--images", type=int, default=200, help="generations per concept for the before/after figures")
     erase.add_argument("--prompts", type=int, default=48, help="prompt pairs per concept")
     erase.add_argument("--seed", type=int, default=0)
     erase.add_argument("--json", action="store_true", help="also print the figures as JSON")

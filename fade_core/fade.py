@@ -45,19 +45,20 @@ from .adversary import build_adversary
 from .errors import FadeInputError, FadeTrainingError
 from .lora import attach_lora, lora_disabled, lora_state, tv_bound
 from .prompts import PromptPair, PromptSet
-from .sampling import initial_noise, preservation_steps, sample, trajectory_states
+from .sampling import ddim_step, initial_noise, preservation_steps, sample, trajectory_states
 
 
 @dataclass
 class FadeConfig:
-    steps: int = 300  # N: LoRA updates after the warm-up
+    steps: int = 200  # N: LoRA updates after the warm-up
     adversary_warmup: int = 60  # D updates on the base model's own samples before the LoRA moves
     batch_size: int = 16  # prompt pairs per step
     lora_rank: int = 4
     lora_alpha: float = 4.0
-    learning_rate: float = 1e-3  # LoRA
+    learning_rate: float = 2e-3  # LoRA
     adversary_learning_rate: float = 1e-3
-    preservation_weight: float = 1.0  # lambda
+    replay_size: int = 512  # earlier samples that D keeps training on (0: none)
+    preservation_weight: float = 20.0  # lambda
     t0_fraction: float = 0.5  # L_pres on this share of the sampling steps, from the noisy end
     guidance: float = 2.0  # omega, for every sample and prediction in the loop
     sampling_steps: int = 10  # length of the trajectories the loop samples
@@ -169,7 +170,7 @@ class FadeTrainer:
             [p for p in self.adversary.parameters() if p.requires_grad], lr=self.config.adversary_learning_rate
         )
         self.levels = adapter.noise_levels(self.config.sampling_steps)
-        self.preserved_steps = preservation_steps(self.config.sampling_steps, self.config.t0_fraction)
+        self.preserved_steps = len(preservation_steps(self.config.sampling_steps, self.config.t0_fraction))
         self.last_good = lora_state(adapter.denoiser)
         # Lines 1-2: the prompt sets, encoded once (the text encoder never changes).
         self.train_pairs = prompt_set.pairs("train")
@@ -177,92 +178,104 @@ class FadeTrainer:
         self._neutral_cond = adapter.encode([p.neutral_prompt for p in self.train_pairs])
         self._heads = torch.tensor([prompt_set.concept_index(p.concept) for p in self.train_pairs])
         self._validation = self._validation_batch(prompt_set.pairs("validation"))
+        self.pool = PairTrajectories(self, self.config.batch_size)
+        self.replay = ReplayBuffer(self.config.replay_size)
+        self.adversary.train()
+        self.history: list[StepReport] = []
+        self.started = time.time()
 
     # -- the loop --------------------------------------------------------------------------------
 
     def run(self) -> FadeResult:
+        self.pretrain_adversary()
+        return self.train()
+
+    def pretrain_adversary(self) -> None:
+        """D learns on the base model's own samples before the LoRA moves (paper 4.3)."""
+        for step in range(1, self.config.adversary_warmup + 1):
+            self._report(self._step(step, training=False))
+
+    def train(self) -> FadeResult:
+        """Alternating D and LoRA updates until N steps or until D stays at chance."""
         cfg = self.config
-        total = cfg.adversary_warmup + cfg.steps
-        history: list[StepReport] = []
-        started = time.time()
         at_chance, validation_accuracy, steps_done = 0, float("nan"), 0
-        self.adversary.train()
-        for step in range(1, total + 1):
-            training = step > cfg.adversary_warmup
-            report = self._step(step, total, training)
-            if training:
-                steps_done += 1
-                if steps_done % cfg.validate_every == 0 or steps_done == cfg.steps:
-                    validation_accuracy = self.validation_accuracy()
-                    report.validation_accuracy = validation_accuracy
-                    self.last_good = lora_state(self.adapter.denoiser)
-                    at_chance = at_chance + 1 if validation_accuracy <= cfg.stop_accuracy else 0
-            report.elapsed = time.time() - started
-            history.append(report)
-            if self.callback is not None:
-                self.callback(report)
+        for steps_done in range(1, cfg.steps + 1):
+            report = self._step(cfg.adversary_warmup + steps_done, training=True)
+            if steps_done % cfg.validate_every == 0 or steps_done == cfg.steps:
+                validation_accuracy = report.validation_accuracy = self.validation_accuracy()
+                self.last_good = lora_state(self.adapter.denoiser)
+                at_chance = at_chance + 1 if validation_accuracy <= cfg.stop_accuracy else 0
+            self._report(report)
             if at_chance >= cfg.stop_patience:
                 break
-        if steps_done == 0:
-            validation_accuracy = self.validation_accuracy()
         return FadeResult(
             lora=lora_state(self.adapter.denoiser),
             steps_done=steps_done,
             validation_accuracy=validation_accuracy,
             stopped_at_chance=at_chance >= cfg.stop_patience,
-            history=history,
-            seconds=time.time() - started,
+            history=self.history,
+            seconds=time.time() - self.started,
         )
 
-    def _step(self, step: int, total: int, training: bool) -> StepReport:
+    def _report(self, report: StepReport) -> None:
+        report.elapsed = time.time() - self.started
+        self.history.append(report)
+        if self.callback is not None:
+            self.callback(report)
+
+    def _step(self, step: int, training: bool) -> StepReport:
         cfg = self.config
-        # Line 5: a batch of prompt pairs.
-        index = torch.tensor([self.random.randrange(len(self.train_pairs)) for _ in range(cfg.batch_size)])
-        concept_cond, neutral_cond, heads = self._concept_cond[index], self._neutral_cond[index], self._heads[index]
-
-        # Line 6: the current model's own trajectories, without gradient, to a random step k;
-        # then one x0 prediction there (differentiable for the concept prompts).
-        removal_step = self.random.randrange(cfg.sampling_steps)
-        preserve_step = self.random.choice(self.preserved_steps)
-        noise = initial_noise(self.adapter, cfg.batch_size, self.generator)
-        pair_cond = Conditioning.cat([concept_cond, neutral_cond])
-        states = trajectory_states(
-            self.adapter, pair_cond, torch.cat([noise, noise]), num_steps=cfg.sampling_steps,
-            guidance=cfg.guidance, at_steps=[removal_step, preserve_step],
-        )
-        concept_state, neutral_state = states[removal_step].chunk(2)
-        level = self.levels[removal_step].expand(cfg.batch_size)
+        # Lines 5-6: the pool's pairs, each at its own step k of a trajectory that the current
+        # model samples without gradient; one x0 prediction there, differentiable when training.
+        pairs, steps, concept_state, neutral_state = self.pool.current()
+        concept_cond, neutral_cond = self._concept_cond[pairs], self._neutral_cond[pairs]
+        heads, levels = self._heads[pairs], self.levels[steps]
         with torch.set_grad_enabled(training):
-            x_c = self.adapter.predict_x0(concept_state, level, concept_cond, cfg.guidance)
-        with torch.no_grad():
-            x_notc = self.adapter.predict_x0(neutral_state, level, neutral_cond, cfg.guidance)
+            x0 = self.adapter.predict_x0(
+                torch.cat([concept_state, neutral_state]), torch.cat([levels, levels]),
+                Conditioning.cat([concept_cond, neutral_cond]), cfg.guidance,
+            )
+        x_c, x_notc = x0.chunk(2)
 
         # Line 7: the adversary learns to tell x_c from x_notc.
-        loss_adversary, accuracy = self._update_adversary(x_c.detach(), x_notc, heads)
+        loss_adversary, accuracy = self._update_adversary(x_c.detach(), x_notc.detach(), heads)
+        total = cfg.adversary_warmup + cfg.steps
         report = StepReport(step, total, "train" if training else "warmup", loss_adversary, accuracy)
-        if not training:
-            return report
-
-        # Line 8: the model learns to fool the (fixed) adversary and to keep its early trajectory.
-        logits = self.adversary(x_c).gather(1, heads[:, None]).squeeze(1)
-        loss_removal = F.softplus(logits).mean()  # -log(1 - sigmoid(logit))
-        loss_preservation = self._preservation_loss(states[preserve_step].chunk(2)[1], preserve_step, neutral_cond)
-        loss = loss_removal + cfg.preservation_weight * loss_preservation
-        if not torch.isfinite(loss):
-            raise FadeTrainingError(
-                f"the loss became {loss.item()} at step {step} (removal {loss_removal.item()}, preservation "
-                f"{loss_preservation.item()}); lower the learning rate or the guidance. The last good LoRA is kept."
+        if training:
+            # Line 8: fool the (fixed) adversary, and keep the early trajectory of neutral prompts.
+            logits = self.adversary(x_c).gather(1, heads[:, None]).squeeze(1)
+            loss_removal = F.softplus(logits).mean()  # -log(1 - sigmoid(logit))
+            early = steps < self.preserved_steps
+            loss_preservation = preservation_loss(
+                self.adapter, x_notc[early], neutral_state[early], levels[early], neutral_cond[early], cfg.guidance
             )
-        # Line 9: the optimiser holds only the LoRA on the salient modules.
-        self.model_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.model_optimizer.step()
-        self.adversary_optimizer.zero_grad(set_to_none=True)  # D stayed fixed in line 8
-        report.loss_removal = loss_removal.item()
-        report.loss_preservation = loss_preservation.item()
+            loss = loss_removal + cfg.preservation_weight * loss_preservation
+            if not torch.isfinite(loss):
+                raise FadeTrainingError(
+                    f"the loss became {loss.item()} at step {step} (removal {loss_removal.item()}, preservation "
+                    f"{loss_preservation.item()}); lower the learning rate or the guidance. The last good LoRA is kept."
+                )
+            # Line 9: the optimiser holds only the LoRA on the salient modules.
+            self.model_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.model_optimizer.step()
+            self.adversary_optimizer.zero_grad(set_to_none=True)  # D stayed fixed in line 8
+            report.loss_removal = loss_removal.item()
+            report.loss_preservation = loss_preservation.item()
+        self.pool.advance(x_c.detach(), x_notc.detach())
         return report
 
     def _update_adversary(self, x_c: torch.Tensor, x_notc: torch.Tensor, heads: torch.Tensor) -> tuple[float, float]:
+        """One BCE step of D on this batch, plus an equal batch replayed from earlier steps.
+
+        The replay (a reservoir over the whole run, the base model's samples included) keeps D
+        from forgetting what the concept looked like, so the LoRA cannot fool it by drifting back
+        to the concept once D has moved on: the mode hopping of GAN training.
+        """
+        replayed = self.replay.draw(len(heads), self.generator)
+        self.replay.add(x_c, x_notc, heads, self.generator)
+        if replayed is not None:
+            x_c, x_notc, heads = (torch.cat([now, then]) for now, then in zip((x_c, x_notc, heads), replayed))
         logits = self.adversary(torch.cat([x_c, x_notc])).gather(1, torch.cat([heads, heads])[:, None]).squeeze(1)
         targets = torch.cat([torch.ones(len(x_c)), torch.zeros(len(x_notc))])
         loss = F.binary_cross_entropy_with_logits(logits, targets)
@@ -273,13 +286,6 @@ class FadeTrainer:
         self.adversary_optimizer.step()
         accuracy = ((logits > 0).float() == targets).float().mean().item()
         return loss.item(), accuracy
-
-    def _preservation_loss(self, z_t: torch.Tensor, step: int, neutral_cond) -> torch.Tensor:
-        level = self.levels[step].expand(z_t.shape[0])
-        with torch.no_grad(), lora_disabled(self.adapter.denoiser):
-            original = self.adapter.predict_x0(z_t, level, neutral_cond, self.config.guidance)
-        current = self.adapter.predict_x0(z_t, level, neutral_cond, self.config.guidance)
-        return (current - original).pow(2).flatten(1).sum(1).mean()
 
     # -- validation ------------------------------------------------------------------------------
 
@@ -303,6 +309,101 @@ class FadeTrainer:
         self.adversary.train()
         targets = torch.cat([torch.ones(len(heads)), torch.zeros(len(heads))])
         return ((logits > 0).float() == targets).float().mean().item()
+
+
+def preservation_loss(
+    adapter: DenoiserAdapter,
+    current: torch.Tensor,
+    z_t: torch.Tensor,
+    levels: torch.Tensor,
+    neutral_cond: Conditioning,
+    guidance: float,
+) -> torch.Tensor:
+    """L_pres: squared gap between the current x0 predictions on neutral prompts (``current``, with
+    gradient) and the original model's at the same states, summed over pixels, mean over samples."""
+    if len(z_t) == 0:
+        return torch.zeros(())
+    with torch.no_grad(), lora_disabled(adapter.denoiser):
+        original = adapter.predict_x0(z_t, levels, neutral_cond, guidance)
+    return (current - original).pow(2).flatten(1).sum(1).mean()
+
+
+class ReplayBuffer:
+    """A uniform sample (reservoir) of every (x_c, x_notc, head) triple the adversary has seen."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.seen = 0
+        self.items: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def add(self, x_c: torch.Tensor, x_notc: torch.Tensor, heads: torch.Tensor, generator: torch.Generator) -> None:
+        for item in zip(x_c, x_notc, heads):
+            self.seen += 1
+            if len(self.items) < self.capacity:
+                self.items.append(item)
+            else:
+                slot = int(torch.randint(0, self.seen, (1,), generator=generator))
+                if slot < self.capacity:
+                    self.items[slot] = item
+
+    def draw(self, count: int, generator: torch.Generator):
+        if not self.items or count == 0:
+            return None
+        picks = torch.randint(0, len(self.items), (count,), generator=generator).tolist()
+        return tuple(torch.stack([self.items[i][k] for i in picks]) for k in range(3))
+
+
+class PairTrajectories:
+    """The x_c / x_notc trajectories that the loop samples, one DDIM step per training step.
+
+    Each slot holds a prompt pair and two trajectories from the same initial noise, one for the
+    concept prompt and one for its neutral twin. Slots start staggered over the schedule, so
+    every batch holds states of every noise level; a slot that reaches the end restarts with a
+    new pair and fresh noise. Sampling thus costs one model evaluation per training step, and
+    the states always come from a model at most ``sampling_steps`` updates old.
+    """
+
+    def __init__(self, trainer: FadeTrainer, size: int) -> None:
+        self.trainer = trainer
+        cfg = trainer.config
+        self.num_steps = cfg.sampling_steps
+        self.pairs = self._draw_pairs(size)
+        self.steps = torch.arange(size) * self.num_steps // size
+        noise = initial_noise(trainer.adapter, size, trainer.generator)
+        cond = Conditioning.cat([trainer._concept_cond[self.pairs], trainer._neutral_cond[self.pairs]])
+        states = trajectory_states(
+            trainer.adapter, cond, torch.cat([noise, noise]), num_steps=self.num_steps,
+            guidance=cfg.guidance, at_steps=sorted(set(self.steps.tolist())),
+        )
+        both = torch.stack([states[k][i] for k, i in zip(self.steps.tolist() * 2, range(2 * size))])
+        self.concept, self.neutral = both.chunk(2)
+
+    def _draw_pairs(self, count: int) -> torch.Tensor:
+        rng = self.trainer.random
+        return torch.tensor([rng.randrange(len(self.trainer.train_pairs)) for _ in range(count)], dtype=torch.long)
+
+    def current(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.pairs, self.steps, self.concept, self.neutral
+
+    @torch.no_grad()
+    def advance(self, x0_concept: torch.Tensor, x0_neutral: torch.Tensor) -> None:
+        adapter, levels = self.trainer.adapter, self.trainer.levels
+        x0 = torch.cat([x0_concept, x0_neutral])
+        if adapter.sample_clip is not None:
+            x0 = x0.clamp(-adapter.sample_clip, adapter.sample_clip)
+        steps = torch.cat([self.steps, self.steps])
+        following = levels[(steps + 1).clamp(max=self.num_steps - 1)]
+        moved = ddim_step(adapter, torch.cat([self.concept, self.neutral]), x0, levels[steps], following)
+        self.concept, self.neutral = moved.chunk(2)
+        self.steps = self.steps + 1
+        finished = self.steps >= self.num_steps
+        if finished.any():
+            count = int(finished.sum())
+            noise = initial_noise(adapter, count, self.trainer.generator)
+            start = adapter.add_noise(torch.zeros_like(noise), noise, levels[0].expand(count))
+            self.concept[finished], self.neutral[finished] = start, start
+            self.pairs[finished] = self._draw_pairs(count)
+            self.steps[finished] = 0
 
 
 def erase(

@@ -25,7 +25,7 @@ def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> floa
         raise ValueError("the Fréchet distance needs at least two samples on each side")
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    root, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
+    root = linalg.sqrtm(cov_a @ cov_b)
     if not np.isfinite(root).all():
         eps = np.eye(cov_a.shape[0]) * 1e-6
         root = linalg.sqrtm((cov_a + eps) @ (cov_b + eps))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -109,19 +109,20 @@ def compute_saliency(
     batch_size: int = 16,
     num_sampling_steps: int = 10,
     guidance: float = 1.0,
-    candidates: Callable[[str], bool] | None = None,
+    family: str = "cross_attention",
     keep_weight_scores: bool = False,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
 ) -> Saliency:
     """Ranks the denoiser's Linear/Conv2d layers by their summed |gradient| of the concept gap.
 
-    ``candidates`` filters module names (for example to cross-attention only); ``progress`` is
-    called with (done, total) after every batch.
+    ``family`` limits the candidates: "cross_attention" (default; the text-reading projections,
+    where the paper finds the concept), "attention", or "all". ``progress`` is called with
+    (done, total) after every batch.
     """
-    modules = {n: m for n, m in adapter.lora_candidates().items() if candidates is None or candidates(n)}
+    modules = adapter.lora_candidates(family)
     if not modules:
-        raise FadeInputError("no candidate modules are left for saliency; loosen the module filter")
+        raise FadeInputError(f"the denoiser has no {family} modules to rank; choose another family")
     pairs = prompt_set.pairs("train")
     rng = random.Random(seed)
     chosen = [pairs[rng.randrange(len(pairs))] for _ in range(num_prompts)]
@@ -165,12 +166,3 @@ def compute_saliency(
         )
     selected, criterion = select_modules(scores, top_k=top_k, mass_fraction=mass_fraction)
     return Saliency(scores, sizes, selected, criterion, sums if keep_weight_scores else {})
-
-
-def cross_attention_only(name: str) -> bool:
-    """Module filter for the text-reading projections (diffusers ``attn2``, ComfyUI's too)."""
-    return ".attn2." in f".{name}." and name.rsplit(".", 1)[-1] in ("to_k", "to_v")
-
-
-def module_filter(names: Sequence[str]) -> Callable[[str], bool]:
-    return lambda name: any(part in name for part in names)

@@ -28,7 +28,7 @@ from .model import DEFAULT_GUIDANCE, DEFAULT_SAMPLING_STEPS, EVALUATOR_FILE
 def load_evaluator() -> DigitStyleEvaluator:
     evaluator = DigitStyleEvaluator()
     evaluator.load_state_dict(load_safetensors(EVALUATOR_FILE))
-    return evaluator.eval()
+    return evaluator.eval().requires_grad_(False)
 
 
 def default_prompt_set(concepts: Sequence[str], num_prompts: int = 48, seed: int = 0, synonyms=None) -> PromptSet:

@@ -59,7 +59,7 @@ SCHEDULER_CONFIG = dict(
 )
 # Calibrated by ``python -m fade_core.digits.train``; see README for the measurement.
 DEFAULT_GUIDANCE = 2.0
-DEFAULT_SAMPLING_STEPS = 20
+DEFAULT_SAMPLING_STEPS = 10
 
 
 @functools.cache

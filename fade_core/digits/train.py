@@ -23,7 +23,7 @@ from ..files import save_safetensors
 from ..sampling import generate
 from . import data
 from .evaluator import DigitStyleEvaluator, real_test_accuracy, train_evaluator
-from .model import EVALUATOR_FILE, MODEL_FILE, build_pipeline, load_pipeline, make_adapter, tokenize
+from .model import DEFAULT_SAMPLING_STEPS, EVALUATOR_FILE, MODEL_FILE, build_pipeline, load_pipeline, make_adapter, tokenize
 
 CFG_DROPOUT = 0.1
 
@@ -82,7 +82,7 @@ def train_generator(steps: int, batch_size: int = 128, seed: int = 0, lr: float 
 
 
 @torch.no_grad()
-def calibrate(evaluator: DigitStyleEvaluator, guidances, per_concept: int = 100, num_steps: int = 20, seed: int = 1):
+def calibrate(evaluator: DigitStyleEvaluator, guidances, per_concept: int = 100, num_steps: int = DEFAULT_SAMPLING_STEPS, seed: int = 1):
     """Per-digit and per-style recognition rates of the saved model at each guidance scale."""
     adapter = make_adapter(load_pipeline(MODEL_FILE))
     rng = random.Random(seed)

@@ -1,0 +1,86 @@
+"""The method on the embedded model: saliency scope, preservation, the adversary, erasure."""
+
+import pytest
+import torch
+
+from fade_core.digits.judge import DigitsJudge, default_prompt_set
+from fade_core.digits.model import load_pipeline
+from fade_core.errors import FadeTrainingError
+from fade_core.fade import FadeConfig, FadeTrainer, preservation_loss
+from fade_core.lora import ADAPTER_NAME, attach_lora, lora_layers
+from fade_core.saliency import Saliency, compute_saliency, select_modules
+
+
+def test_saliency_ranks_cross_attention_and_round_trips(adapter, tmp_path):
+    prompt_set = default_prompt_set(["three"])
+    saliency = compute_saliency(adapter, prompt_set, top_k=4, num_prompts=16, keep_weight_scores=True)
+    assert len(saliency.module_scores) == 14  # the K and V projections of 7 cross-attention blocks
+    assert all(".attn2.to_" in name for name in saliency.module_scores)
+    assert saliency.selected == [name for name, _ in saliency.ranked()[:4]]
+    assert saliency.weight_scores[saliency.selected[0]].shape == adapter.denoiser.get_submodule(saliency.selected[0]).weight.shape
+    assert "4 of 14 modules selected" in saliency.summary()
+
+    loaded = Saliency.load(saliency.save(tmp_path / "saliency.safetensors"))
+    assert loaded.selected == saliency.selected and loaded.module_scores == saliency.module_scores
+    by_mass = loaded.reselect(mass_fraction=0.5)
+    mass = sum(loaded.module_scores[m] for m in by_mass.selected) / sum(loaded.module_scores.values())
+    assert mass >= 0.5 and len(by_mass.selected) < 14
+
+
+def test_mass_fraction_takes_the_fewest_modules():
+    scores = {"a": 5.0, "b": 3.0, "c": 1.0, "d": 1.0}
+    assert select_modules(scores, mass_fraction=0.5)[0] == ["a"]
+    assert select_modules(scores, mass_fraction=0.8)[0] == ["a", "b"]
+    assert select_modules(scores, top_k=3)[0] == ["a", "b", "c"]
+
+
+def test_training_changes_only_the_salient_modules(adapter):
+    prompt_set = default_prompt_set(["three"], num_prompts=16)
+    saliency = compute_saliency(adapter, prompt_set, top_k=3, num_prompts=8)
+    before = {k: v.clone() for k, v in adapter.denoiser.state_dict().items()}
+    config = FadeConfig(steps=4, adversary_warmup=2, batch_size=4, validate_every=4, learning_rate=1e-2)
+    FadeTrainer(adapter, prompt_set, saliency.selected, config).run()
+
+    layers = dict(lora_layers(adapter.denoiser))
+    assert sorted(layers) == sorted(saliency.selected)
+    assert all(layer.lora_B[ADAPTER_NAME].weight.abs().sum() > 0 for layer in layers.values())
+    after = adapter.denoiser.state_dict()
+    for key, value in before.items():
+        # peft moves each wrapped layer's own weight under "base_layer"; it must still be untouched.
+        moved = key.replace(".weight", ".base_layer.weight").replace(".bias", ".base_layer.bias")
+        current = after[key] if key in after else after[moved]
+        assert torch.equal(current, value), key
+
+
+def test_preservation_is_zero_at_the_start_and_grows_when_weights_move(adapter):
+    prompt_set = default_prompt_set(["three"], num_prompts=8)
+    modules = list(adapter.lora_candidates("cross_attention"))
+    attach_lora(adapter, modules, rank=4, alpha=4.0, seed=0)
+    cond = adapter.encode([p.neutral_prompt for p in prompt_set.train])
+    z_t = torch.randn(len(prompt_set.train), 1, 8, 8)
+    levels = adapter.noise_levels(10)[torch.arange(len(z_t)) % 5]
+
+    def loss():
+        return preservation_loss(adapter, adapter.predict_x0(z_t, levels, cond, 2.0), z_t, levels, cond, 2.0).item()
+
+    assert loss() == 0.0
+    with torch.no_grad():
+        for _, layer in lora_layers(adapter.denoiser):
+            layer.lora_B[ADAPTER_NAME].weight.normal_(0, 0.01)
+    small = loss()
+    with torch.no_grad():
+        for _, layer in lora_layers(adapter.denoiser):
+            layer.lora_B[ADAPTER_NAME].weight.mul_(10)
+    assert 0.0 < small < loss()
+
+
+@pytest.mark.slow
+def test_adversary_separates_the_base_model_and_training_drives_it_toward_chance(adapter):
+    prompt_set = default_prompt_set(["seven"])
+    saliency = compute_saliency(adapter, prompt_set, top_k=14)
+    config = FadeConfig(steps=120, adversary_warmup=60, learning_rate=3e-3, preservation_weight=5.0, validate_every=120)
+    trainer = FadeTrainer(adapter, prompt_set, saliency.selected, config)
+    trainer.pretrain_adversary()
+    assert trainer.validation_accuracy() > 0.9  # D tells the base model's sevens from other digits
+    result = trainer.train()
+    assert result.validation_accuracy < 0.85
