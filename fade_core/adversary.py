@@ -96,11 +96,14 @@ def load_clip_vision_tower(model_name: str, weights: str | Path | None, model_co
     if weights is not None:
         state = load_safetensors(weights)
         visual = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")} or state
-        missing, unexpected = model.visual.load_state_dict(visual, strict=False)
+        try:
+            missing, _ = model.visual.load_state_dict(visual, strict=False)
+        except RuntimeError as error:  # shapes that differ
+            missing = [str(error).splitlines()[-1].strip()]
         if missing:
             raise FadeInputError(
-                f"{Path(weights).name} does not fit the {model_name} vision tower: {len(missing)} tensors are missing "
-                f"(for example {missing[0]}); give the weights of that architecture"
+                f"{Path(weights).name} does not fit the {model_name} vision tower ({len(missing)} problems, "
+                f"for example {missing[0]}); give the weights of that architecture"
             )
     size = model.visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else size

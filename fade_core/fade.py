@@ -50,12 +50,12 @@ from .sampling import ddim_step, initial_noise, preservation_steps, sample, traj
 
 @dataclass
 class FadeConfig:
-    steps: int = 200  # N: LoRA updates after the warm-up
+    steps: int = 300  # N: LoRA updates after the warm-up
     adversary_warmup: int = 60  # D updates on the base model's own samples before the LoRA moves
-    batch_size: int = 16  # prompt pairs per step
+    batch_size: int = 12  # prompt pairs per step
     lora_rank: int = 4
     lora_alpha: float = 4.0
-    learning_rate: float = 2e-3  # LoRA
+    learning_rate: float = 4e-3  # LoRA
     adversary_learning_rate: float = 1e-3
     replay_size: int = 512  # earlier samples that D keeps training on (0: none)
     preservation_weight: float = 20.0  # lambda
@@ -63,7 +63,7 @@ class FadeConfig:
     guidance: float = 2.0  # omega, for every sample and prediction in the loop
     sampling_steps: int = 10  # length of the trajectories the loop samples
     adversary: str = "latent"  # "latent" or "clip"
-    validate_every: int = 25
+    validate_every: int = 50
     validation_repeats: int = 2  # samples per validation pair
     stop_accuracy: float = 0.55  # D's validation accuracy counted as chance
     stop_patience: int = 2  # consecutive validations at chance before stopping
@@ -166,6 +166,9 @@ class FadeTrainer:
             self.config.adversary, adapter.sample_shape, len(prompt_set.concepts), seed=self.config.seed
         )
         self.model_optimizer = torch.optim.Adam(self.lora_parameters, lr=self.config.learning_rate)
+        # The adversarial game keeps the LoRA circling (mode hopping); a learning rate that decays
+        # to zero over the N steps lets it settle where D is fooled.
+        self.model_schedule = torch.optim.lr_scheduler.CosineAnnealingLR(self.model_optimizer, T_max=self.config.steps)
         self.adversary_optimizer = torch.optim.Adam(
             [p for p in self.adversary.parameters() if p.requires_grad], lr=self.config.adversary_learning_rate
         )
@@ -259,6 +262,7 @@ class FadeTrainer:
             self.model_optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.model_optimizer.step()
+            self.model_schedule.step()
             self.adversary_optimizer.zero_grad(set_to_none=True)  # D stayed fixed in line 8
             report.loss_removal = loss_removal.item()
             report.loss_preservation = loss_preservation.item()
@@ -299,14 +303,17 @@ class FadeTrainer:
         return concept, neutral, heads, noise
 
     @torch.no_grad()
-    def validation_accuracy(self) -> float:
-        """D's accuracy on fresh final samples for the validation pairs: 0.5 is chance."""
+    def validation_accuracy(self, adversary: nn.Module | None = None) -> float:
+        """D's accuracy on fresh final samples for the validation pairs: 0.5 is chance.
+        ``adversary`` judges instead of the live D (for example a copy taken before training)."""
+        adversary = adversary or self.adversary
         concept, neutral, heads, noise = self._validation
         cond = Conditioning.cat([concept, neutral])
         samples = sample(self.adapter, cond, torch.cat([noise, noise]), num_steps=self.config.sampling_steps, guidance=self.config.guidance)
-        self.adversary.eval()
-        logits = self.adversary(samples).gather(1, torch.cat([heads, heads])[:, None]).squeeze(1)
-        self.adversary.train()
+        mode = adversary.training
+        adversary.eval()
+        logits = adversary(samples).gather(1, torch.cat([heads, heads])[:, None]).squeeze(1)
+        adversary.train(mode)
         targets = torch.cat([torch.ones(len(heads)), torch.zeros(len(heads))])
         return ((logits > 0).float() == targets).float().mean().item()
 

@@ -57,6 +57,15 @@ def lora_layers(module: nn.Module) -> Iterator[tuple[str, LoraLayer]]:
             yield name, layer
 
 
+def remove_lora(module: nn.Module) -> None:
+    """Puts every LoRA-wrapped layer's original module back, leaving ``module`` as it was before
+    :func:`attach_lora`. Hosts that share one model between graphs (ComfyUI) need this."""
+    for name, layer in list(lora_layers(module)):
+        parent_name, _, child = name.rpartition(".")
+        parent = module.get_submodule(parent_name) if parent_name else module
+        setattr(parent, child, layer.get_base_layer())
+
+
 @contextlib.contextmanager
 def lora_disabled(module: nn.Module) -> Iterator[None]:
     """The original model: every LoRA layer passes its input through the frozen base layer alone."""

@@ -1,5 +1,7 @@
 """The method on the embedded model: saliency scope, preservation, the adversary, erasure."""
 
+import copy
+
 import pytest
 import torch
 
@@ -78,9 +80,12 @@ def test_preservation_is_zero_at_the_start_and_grows_when_weights_move(adapter):
 def test_adversary_separates_the_base_model_and_training_drives_it_toward_chance(adapter):
     prompt_set = default_prompt_set(["seven"])
     saliency = compute_saliency(adapter, prompt_set, top_k=14)
-    config = FadeConfig(steps=120, adversary_warmup=60, learning_rate=3e-3, preservation_weight=5.0, validate_every=120)
+    config = FadeConfig(steps=150, validate_every=150)
     trainer = FadeTrainer(adapter, prompt_set, saliency.selected, config)
     trainer.pretrain_adversary()
+    base_adversary = copy.deepcopy(trainer.adversary)
     assert trainer.validation_accuracy() > 0.9  # D tells the base model's sevens from other digits
-    result = trainer.train()
-    assert result.validation_accuracy < 0.85
+    trainer.train()
+    # The adversary that knew the base model's sevens can no longer tell the erased model's
+    # "seven" samples from its other digits.
+    assert trainer.validation_accuracy(base_adversary) < 0.65
