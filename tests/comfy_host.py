@@ -95,7 +95,7 @@ def tiny_sd15():
         "transformer_depth": [1, 1], "transformer_depth_output": [1, 1, 1, 1], "transformer_depth_middle": 1,
         "in_channels": 4, "out_channels": 4, "use_spatial_transformer": True, "legacy": False,
         "image_size": 32, "adm_in_channels": None, "use_linear_in_transformer": False,
-        "use_temporal_attention": False, "use_temporal_resblock": False, "num_heads": 4, "num_head_channels": -1,
+        "use_temporal_attention": False, "use_temporal_resblock": False,
     }
     config = comfy.supported_models.SD15(unet_config)
     config.set_inference_dtype(torch.float32, None)

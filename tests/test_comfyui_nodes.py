@@ -75,20 +75,36 @@ def test_the_pack_registers_four_v3_nodes_with_its_own_names(host):
         assert all(i.tooltip for i in schema.inputs if i.id in ("concepts", "steps", "lora_name"))
 
 
+class EventRecorder:
+    """Stands in for ComfyUI's PromptServer: keeps what the nodes send to the web view."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict]] = []
+
+    def send_sync(self, event, data, sid=None):
+        self.events.append((event, data))
+
+
 @pytest.mark.parametrize("family", ["sd15", "flux"])
-def test_all_four_nodes_run_and_comfyui_loads_the_lora(host, clip, family):
+def test_all_four_nodes_run_and_comfyui_loads_the_lora(host, clip, family, monkeypatch):
     import comfy.model_management
     import folder_paths
     import nodes as comfy_nodes
+    import server
     from comfyui_fade.fade_core.lora import lora_layers
 
     _, nodes, loras = host
+    recorder = EventRecorder()
+    monkeypatch.setattr(server.PromptServer, "instance", recorder, raising=False)
     model = BUILDERS[family]()
     before = denoise(model, clip)
     prompt_set, preview, saliency, summary, erased, stats = run_nodes(nodes, model, clip, f"fade/{family}")
     assert "airplane" in preview and ("jet" in preview or "aircraft" in preview)
     assert saliency.selected and saliency.selected[0] in summary
     assert "TV bound" in stats
+    progress = [data for event, data in recorder.events if event == "fade.progress"]
+    assert [p["step"] for p in progress] == [5, 10]  # every 5 steps, and at the final validation
+    assert progress[-1]["validation_accuracy"] is not None and progress[-1]["loss_removal"] is not None
 
     # The graph's model is given back untouched: no LoRA layers left, the same predictions.
     assert not list(lora_layers(model.model.diffusion_model))
@@ -107,6 +123,17 @@ def test_all_four_nodes_run_and_comfyui_loads_the_lora(host, clip, family):
     assert torch.allclose(denoise(applied, clip), erased_output, atol=1e-5)
     assert "airplane" in erasure and "tv_bound" in erasure
     comfy.model_management.unload_all_models()
+
+
+def test_a_model_the_pack_cannot_handle_is_named(host, clip):
+    import comfy.model_sampling
+    from comfyui_fade.fade_core.errors import FadeInputError
+    from comfyui_fade.nodes.comfy_adapter import ComfyAdapter
+
+    model = tiny_sd15()
+    model.model.model_sampling = comfy.model_sampling.ModelSamplingDiscrete()  # no prediction type mixed in
+    with pytest.raises(FadeInputError, match="BaseModel predicts with ModelSamplingDiscrete"):
+        ComfyAdapter(model, clip, width=SIZE, height=SIZE)
 
 
 def test_apply_refuses_other_formats_and_names_outside_the_loras_folder(host):
