@@ -57,6 +57,8 @@ class DenoiserAdapter(abc.ABC):
     #: Pixel-space models know their range: the sampler clips x0 predictions to +-this value
     #: (as diffusers' DDIM ``clip_sample`` does). Latent models leave it None.
     sample_clip: float | None = None
+    #: The conditioning tensor that cross-attention reads (per-token text embeddings).
+    context_key: str = "context"
 
     @property
     @abc.abstractmethod

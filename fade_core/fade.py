@@ -166,9 +166,6 @@ class FadeTrainer:
             self.config.adversary, adapter.sample_shape, len(prompt_set.concepts), seed=self.config.seed
         )
         self.model_optimizer = torch.optim.Adam(self.lora_parameters, lr=self.config.learning_rate)
-        # The adversarial game keeps the LoRA circling (mode hopping); a learning rate that decays
-        # to zero over the N steps lets it settle where D is fooled.
-        self.model_schedule = torch.optim.lr_scheduler.CosineAnnealingLR(self.model_optimizer, T_max=self.config.steps)
         self.adversary_optimizer = torch.optim.Adam(
             [p for p in self.adversary.parameters() if p.requires_grad], lr=self.config.adversary_learning_rate
         )
@@ -262,7 +259,6 @@ class FadeTrainer:
             self.model_optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.model_optimizer.step()
-            self.model_schedule.step()
             self.adversary_optimizer.zero_grad(set_to_none=True)  # D stayed fixed in line 8
             report.loss_removal = loss_removal.item()
             report.loss_preservation = loss_preservation.item()

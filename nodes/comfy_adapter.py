@@ -45,6 +45,8 @@ JOINT_ATTENTION_FAMILIES = {
 
 
 class ComfyAdapter(DenoiserAdapter):
+    context_key = "c_crossattn"
+
     def __init__(self, model, clip, *, width: int = 512, height: int = 512, vae=None, scheduler: str = "simple"):
         if model is None or clip is None:
             raise FadeInputError("connect both MODEL and CLIP from your checkpoint loader")

@@ -105,6 +105,27 @@ def tiny_sd15():
 
 
 @_as_loaded_by_comfyui
+def tiny_sdxl():
+    """SDXL's UNet layout, small: its ADM input is the 64-wide pooled text vector plus the six
+    size embeddings (6 x 256), as ComfyUI's SDXL.encode_adm builds it."""
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    unet_config = {
+        "model_channels": 64, "context_dim": 64, "channel_mult": [1, 2], "num_res_blocks": [1, 1],
+        "transformer_depth": [1, 1], "transformer_depth_output": [1, 1, 1, 1], "transformer_depth_middle": 1,
+        "in_channels": 4, "out_channels": 4, "use_spatial_transformer": True, "legacy": False,
+        "image_size": 32, "adm_in_channels": 64 + 6 * 256, "use_linear_in_transformer": True,
+        "use_temporal_attention": False, "use_temporal_resblock": False,
+    }
+    config = comfy.supported_models.SDXL(unet_config)
+    config.set_inference_dtype(torch.float32, None)
+    model = config.get_model({})
+    _initialise(model, seed=4)
+    return comfy.model_patcher.ModelPatcher(model, torch.device("cpu"), torch.device("cpu"))
+
+
+@_as_loaded_by_comfyui
 def tiny_flux():
     import comfy.model_patcher
     import comfy.supported_models

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from comfy_host import SKIP_REASON, comfyui_path, start_host, tiny_clip, tiny_flux, tiny_sd15
+from comfy_host import SKIP_REASON, comfyui_path, start_host, tiny_clip, tiny_flux, tiny_sd15, tiny_sdxl
 
 pytestmark = [pytest.mark.comfyui, pytest.mark.skipif(comfyui_path() is None, reason=SKIP_REASON)]
 
@@ -137,3 +137,27 @@ def test_a_flux_lora_gives_diffusers_the_same_weight_changes_as_comfyui(host):
     assert set(comfy_delta) == {comfy_name for comfy_name, _ in pairs.values()}
     for diffusers_name, (comfy_name, part) in pairs.items():
         assert torch.allclose(diffusers_delta[diffusers_name], comfy_delta[comfy_name][part], atol=1e-5), diffusers_name
+
+
+def test_sdxl_gets_its_adm_vector_and_comfyui_reads_every_lora_key(host):
+    import comfy.lora
+    from comfyui_fade.nodes.comfy_adapter import ComfyAdapter
+
+    model = tiny_sdxl()
+    with torch.inference_mode(False):
+        adapter = ComfyAdapter(model, tiny_clip(), width=64, height=64)
+        cond = adapter.encode(["a photo of an airplane", "a photo of a cat"])
+        assert cond.tensors["y"].shape == (2, 64 + 6 * 256)  # pooled text + sizes, through ComfyUI's encode_adm
+        x = torch.randn((2, *adapter.sample_shape), generator=torch.Generator().manual_seed(0))
+        level = adapter.noise_levels(4)[1].expand(2)
+        with torch.no_grad():
+            x0 = adapter.predict_x0(x, level, cond, 5.0)
+            other = adapter.predict_x0(x, level, adapter.encode(["a photo of a cat", "a photo of an airplane"]), 5.0)
+    assert torch.isfinite(x0).all() and (x0 - other).abs().max() > 1e-4
+
+    lora = random_lora(model, lambda n: ".attn2." in n)
+    key_map = comfy.lora.model_lora_keys_unet(model.model, {})
+    patches = comfy.lora.load_lora(lora, key_map)
+    modules = {k.removesuffix(".lora_down.weight") for k in lora if k.endswith(".lora_down.weight")}
+    assert len(patches) == len(modules) > 0  # every exported module found its weight
+    assert all(k.startswith("lora_unet_down_blocks_") or k.startswith(("lora_unet_up_blocks_", "lora_unet_mid_block_")) for k in lora)

@@ -135,7 +135,8 @@ def main(argv=None) -> None:
     if args.only in (None, "calibrate", "generator"):
         evaluator = DigitStyleEvaluator()
         evaluator.load_state_dict(load_file_strict(EVALUATOR_FILE))
-        report = calibrate(evaluator.eval(), (1.0, 1.5, 2.0, 3.0, 4.0))
+        print(json.dumps({"evaluator_real_test": real_test_accuracy(evaluator.eval())}, indent=1))
+        report = calibrate(evaluator, (1.0, 1.5, 2.0, 3.0, 4.0))
         print(json.dumps(report, indent=1))
 
 
