@@ -115,7 +115,7 @@ def tiny_sdxl():
         "model_channels": 64, "context_dim": 64, "channel_mult": [1, 2], "num_res_blocks": [1, 1],
         "transformer_depth": [1, 1], "transformer_depth_output": [1, 1, 1, 1], "transformer_depth_middle": 1,
         "in_channels": 4, "out_channels": 4, "use_spatial_transformer": True, "legacy": False,
-        "image_size": 32, "adm_in_channels": 64 + 6 * 256, "use_linear_in_transformer": True,
+        "image_size": 32, "adm_in_channels": 64 + 6 * 256, "num_classes": "sequential", "use_linear_in_transformer": True,
         "use_temporal_attention": False, "use_temporal_resblock": False,
     }
     config = comfy.supported_models.SDXL(unet_config)
