@@ -172,6 +172,27 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from . import bench
+    from .files import path_inside
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in bench.METHODS]
+    if unknown:
+        raise FadeInputError(f"unknown methods {unknown}; choose from {', '.join(bench.METHODS)}")
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    for task in tasks:
+        _concepts(task.replace("+", ","))
+    root = Path.cwd()
+    paths = [path_inside(root, name, suffix) for name, suffix in ((args.json, ".json"), (args.plot, ".png"), (args.markdown, ".md"))]
+    command = (f"python -m fade_core bench --methods {','.join(methods)} --tasks {','.join(tasks)} "
+               f"--images {args.images} --attack-steps {args.attack_steps} --seed {args.seed}")
+    results = bench.run(tasks, methods, images=args.images, attack_steps=args.attack_steps, seed=args.seed)
+    bench.write_outputs(results, *paths, command=command)
+    print(f"results: {paths[0]}, plot: {paths[1]}, table: {paths[2]}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .fade import FadeConfig
 
@@ -223,6 +244,20 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--guidance", type=float)
     sample.add_argument("--seed", type=int, default=0)
     sample.set_defaults(run=cmd_sample)
+
+    from . import bench
+
+    benchmark = sub.add_parser("bench", help="FADE, its ablations, ESD and UCE on the same tasks; writes BENCHMARKS.md, JSON and a plot")
+    benchmark.add_argument("--methods", default=",".join(bench.METHODS), help="comma-separated, from: " + ", ".join(bench.METHODS))
+    benchmark.add_argument("--tasks", default=",".join(bench.DEFAULT_TASKS),
+                           help="comma-separated tasks; concepts erased together are joined by + (e.g. one+four+seven)")
+    benchmark.add_argument("--images", type=int, default=200, help="generations per concept and measurement")
+    benchmark.add_argument("--attack-steps", type=int, default=100, help="optimisation steps of the embedding attack (0: none)")
+    benchmark.add_argument("--seed", type=int, default=0)
+    benchmark.add_argument("--json", default="benchmarks/bench.json")
+    benchmark.add_argument("--plot", default="benchmarks/bench.png")
+    benchmark.add_argument("--markdown", default="BENCHMARKS.md")
+    benchmark.set_defaults(run=cmd_bench)
     return parser
 
 

@@ -63,6 +63,7 @@ class FadeConfig:
     guidance: float = 2.0  # omega, for every sample and prediction in the loop
     sampling_steps: int = 10  # length of the trajectories the loop samples
     adversary: str = "latent"  # "latent" or "clip"
+    removal: str = "adversary"  # L_rem; "l2" is the paper's Table 2 ablation (no adversary in the loss)
     validate_every: int = 50
     validation_repeats: int = 2  # samples per validation pair
     stop_accuracy: float = 0.55  # D's validation accuracy counted as chance
@@ -85,6 +86,8 @@ class FadeConfig:
                 f"t0_fraction is {self.t0_fraction}; it is the share of sampling steps, from pure noise, "
                 "whose neutral predictions are preserved, so it must be in (0, 1]"
             )
+        if self.removal not in ("adversary", "l2"):
+            raise FadeInputError(f"removal is {self.removal!r}; use 'adversary' (FADE) or 'l2' (the ablation)")
         if not 0.5 <= self.stop_accuracy <= 1.0:
             raise FadeInputError("stop_accuracy must be between 0.5 (chance) and 1")
 
@@ -243,8 +246,11 @@ class FadeTrainer:
         report = StepReport(step, total, "train" if training else "warmup", loss_adversary, accuracy)
         if training:
             # Line 8: fool the (fixed) adversary, and keep the early trajectory of neutral prompts.
-            logits = self.adversary(x_c).gather(1, heads[:, None]).squeeze(1)
-            loss_removal = F.softplus(logits).mean()  # -log(1 - sigmoid(logit))
+            if cfg.removal == "adversary":
+                logits = self.adversary(x_c).gather(1, heads[:, None]).squeeze(1)
+                loss_removal = F.softplus(logits).mean()  # -log(1 - sigmoid(logit))
+            else:  # the ablation's surrogate: pull x_c onto its neutral twin
+                loss_removal = (x_c - x_notc.detach()).pow(2).flatten(1).mean(1).mean()
             early = steps < self.preserved_steps
             loss_preservation = preservation_loss(
                 self.adapter, x_notc[early], neutral_state[early], levels[early], neutral_cond[early], cfg.guidance

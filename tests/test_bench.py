@@ -1,0 +1,26 @@
+"""The benchmark script writes its three outputs from real measurements (a small, fast run)."""
+
+import json
+
+from fade_core.cli import main
+
+
+def test_bench_writes_json_plot_and_table(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench", "--methods", "uce", "--tasks", "five", "--images", "24", "--attack-steps", "3"]) == 0
+    results = json.loads((tmp_path / "benchmarks" / "bench.json").read_text())
+    rows = results["tasks"]["five"]
+    assert set(rows) == {"base", "uce"}
+    assert rows["base"]["acc_trained"] > 0.9  # the base model draws its fives
+    assert {"acc_trained", "acc_unseen", "acc_attack", "acc_other", "fid_proxy", "clip_proxy", "H", "seconds", "peak_mb"} <= set(rows["uce"])
+    assert (tmp_path / "benchmarks" / "bench.png").read_bytes()[:4] == b"\x89PNG"
+    table = (tmp_path / "BENCHMARKS.md").read_text()
+    assert "| uce |" in table and "python -m fade_core bench" in table
+
+
+def test_bench_refuses_unknown_methods_and_concepts(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench", "--methods", "magic"]) == 2
+    assert main(["bench", "--methods", "uce", "--tasks", "eleven"]) == 2
+    assert "magic" in capsys.readouterr().err
+    assert not (tmp_path / "BENCHMARKS.md").exists()
