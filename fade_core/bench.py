@@ -199,8 +199,6 @@ def run(tasks, methods, *, images: int = 200, attack_steps: int = 100, seed: int
             "acc_unseen": sum(judge.measure(base_adapter, [c], prompts=unseen_prompts(c)).acc_concept for c in concepts) / len(concepts),
             "acc_other": base.acc_other, "fid_proxy": base.fid_proxy, "clip_proxy": base.clip_proxy,
         }
-        if attack_steps and all(data.concept_kind(c) == "object" for c in concepts):
-            base_row["acc_attack"] = base_row["acc_trained"]
         rows = {"base": base_row}
         for method in methods:
             if method.startswith("fade-no-") and task not in ABLATIONS_ON:
