@@ -74,6 +74,17 @@ def _initialise(module: torch.nn.Module, seed: int) -> None:
                 parameter.copy_(0.02 * torch.randn(parameter.shape, generator=generator))
 
 
+def _random_model(config_class, unet_config: dict, seed: int):
+    """ComfyUI's own model class for a supported family, float32, random weights, in a ModelPatcher."""
+    import comfy.model_patcher
+
+    config = config_class(unet_config)
+    config.set_inference_dtype(torch.float32, None)
+    model = config.get_model({})
+    _initialise(model, seed=seed)
+    return comfy.model_patcher.ModelPatcher(model, torch.device("cpu"), torch.device("cpu"))
+
+
 def _as_loaded_by_comfyui(build):
     """ComfyUI loads models while executing a prompt, under torch.inference_mode(): so do we."""
 
@@ -87,7 +98,6 @@ def _as_loaded_by_comfyui(build):
 
 @_as_loaded_by_comfyui
 def tiny_sd15():
-    import comfy.model_patcher
     import comfy.supported_models
 
     unet_config = {
@@ -97,18 +107,13 @@ def tiny_sd15():
         "image_size": 32, "adm_in_channels": None, "use_linear_in_transformer": False,
         "use_temporal_attention": False, "use_temporal_resblock": False,
     }
-    config = comfy.supported_models.SD15(unet_config)
-    config.set_inference_dtype(torch.float32, None)
-    model = config.get_model({})
-    _initialise(model.diffusion_model, seed=1)
-    return comfy.model_patcher.ModelPatcher(model, torch.device("cpu"), torch.device("cpu"))
+    return _random_model(comfy.supported_models.SD15, unet_config, seed=1)
 
 
 @_as_loaded_by_comfyui
 def tiny_sdxl():
     """SDXL's UNet layout, small: its ADM input is the 64-wide pooled text vector plus the six
     size embeddings (6 x 256), as ComfyUI's SDXL.encode_adm builds it."""
-    import comfy.model_patcher
     import comfy.supported_models
 
     unet_config = {
@@ -118,16 +123,11 @@ def tiny_sdxl():
         "image_size": 32, "adm_in_channels": 64 + 6 * 256, "num_classes": "sequential", "use_linear_in_transformer": True,
         "use_temporal_attention": False, "use_temporal_resblock": False,
     }
-    config = comfy.supported_models.SDXL(unet_config)
-    config.set_inference_dtype(torch.float32, None)
-    model = config.get_model({})
-    _initialise(model, seed=4)
-    return comfy.model_patcher.ModelPatcher(model, torch.device("cpu"), torch.device("cpu"))
+    return _random_model(comfy.supported_models.SDXL, unet_config, seed=4)
 
 
 @_as_loaded_by_comfyui
 def tiny_flux():
-    import comfy.model_patcher
     import comfy.supported_models
 
     unet_config = {
@@ -135,11 +135,7 @@ def tiny_flux():
         "num_heads": 4, "axes_dim": [4, 6, 6], "depth": 1, "depth_single_blocks": 1, "vec_in_dim": 64,
         "context_in_dim": 64, "guidance_embed": True, "mlp_ratio": 4.0, "qkv_bias": True, "theta": 10000,
     }
-    config = comfy.supported_models.Flux(unet_config)
-    config.set_inference_dtype(torch.float32, None)
-    model = config.get_model({})
-    _initialise(model.diffusion_model, seed=2)
-    return comfy.model_patcher.ModelPatcher(model, torch.device("cpu"), torch.device("cpu"))
+    return _random_model(comfy.supported_models.Flux, unet_config, seed=2)
 
 
 @_as_loaded_by_comfyui
