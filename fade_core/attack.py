@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from .adapter import Conditioning, DenoiserAdapter, per_sample
+from .adapter import Conditioning, DenoiserAdapter
+from .sampling import noise_prediction_error
 
 
 def embedding_attack(
@@ -42,9 +43,7 @@ def embedding_attack(
             x_t = adapter.add_noise(x0, torch.randn(x0.shape, generator=generator), level)
             tensors = {k: v.expand(batch_size, *v.shape[1:]) for k, v in cond.tensors.items()}
             tensors[adapter.context_key] = soft.expand(batch_size, *soft.shape[1:])
-            alpha, sigma = adapter.signal_noise(level)
-            weight = per_sample((alpha / sigma) ** 2, x0)
-            loss = (weight * (adapter.predict_x0(x_t, level, Conditioning(tensors), 1.0) - x0) ** 2).mean()
+            loss = noise_prediction_error(adapter, adapter.predict_x0(x_t, level, Conditioning(tensors), 1.0), x0, level)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -11,6 +11,7 @@ embedding attack. BENCHMARKS.md is regenerated whole from the results.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -129,21 +130,9 @@ def run_method(method: str, concepts: list[str], seed: int) -> Erased:
                     config.preservation_weight = 0.0
                 result = FadeTrainer(adapter, prompt_set, modules, config).run()
                 curve = [(r.step, r.validation_accuracy) for r in result.history if r.validation_accuracy is not None]
-            context = _nothing
+            context = contextlib.nullcontext
         seconds = time.perf_counter() - started
     return Erased(adapter, context, seconds, memory.megabytes, curve)
-
-
-class _Nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
-def _nothing():
-    return _Nothing()
 
 
 @torch.no_grad()
@@ -161,13 +150,17 @@ def real_concept_samples(concept: str) -> torch.Tensor:
     return data.to_model_range(data.apply_style(chosen, "plain"))
 
 
+def unseen_accuracy(judge: DigitsJudge, adapter: DenoiserAdapter, concepts: list[str]) -> float:
+    """Mean Acc over the concepts on prompts the eraser never saw."""
+    return sum(judge.measure(adapter, [c], prompts=unseen_prompts(c)).acc_concept for c in concepts) / len(concepts)
+
+
 def measure(judge: DigitsJudge, erased: Erased, concepts: list[str], base, attack_steps: int) -> dict:
     with erased.context():
         trained = judge.measure(erased.adapter, concepts)
-        unseen = [judge.measure(erased.adapter, [c], prompts=unseen_prompts(c)).acc_concept for c in concepts]
         row = {
             "acc_trained": trained.acc_concept,
-            "acc_unseen": sum(unseen) / len(unseen),
+            "acc_unseen": unseen_accuracy(judge, erased.adapter, concepts),
             "acc_other": trained.acc_other,
             "fid_proxy": trained.fid_proxy,
             "clip_proxy": trained.clip_proxy,
@@ -196,7 +189,7 @@ def run(tasks, methods, *, images: int = 200, attack_steps: int = 100, seed: int
         base = judge.measure(base_adapter, concepts)
         base_row = {
             "acc_trained": base.acc_concept,
-            "acc_unseen": sum(judge.measure(base_adapter, [c], prompts=unseen_prompts(c)).acc_concept for c in concepts) / len(concepts),
+            "acc_unseen": unseen_accuracy(judge, base_adapter, concepts),
             "acc_other": base.acc_other, "fid_proxy": base.fid_proxy, "clip_proxy": base.clip_proxy,
         }
         rows = {"base": base_row}

@@ -308,7 +308,8 @@ class FadeTrainer:
     def validation_accuracy(self, adversary: nn.Module | None = None) -> float:
         """D's accuracy on fresh final samples for the validation pairs: 0.5 is chance.
         ``adversary`` judges instead of the live D (for example a copy taken before training)."""
-        adversary = adversary or self.adversary
+        if adversary is None:
+            adversary = self.adversary
         concept, neutral, heads, noise = self._validation
         cond = Conditioning.cat([concept, neutral])
         samples = sample(self.adapter, cond, torch.cat([noise, noise]), num_steps=self.config.sampling_steps, guidance=self.config.guidance)

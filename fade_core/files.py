@@ -37,13 +37,18 @@ def save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | Path, meta
     return atomic_write(path, lambda temporary: save_file(contiguous, str(temporary), metadata=dict(metadata or {})))
 
 
+def require_safetensors_name(path: str | Path) -> None:
+    """Only safetensors are ever loaded: pickled files can run code."""
+    if Path(path).suffix.lower() != ".safetensors":
+        raise FadeInputError(
+            f"{Path(path).name} is not a .safetensors file; only safetensors are loaded (pickled .pt/.ckpt/.bin files can run code)"
+        )
+
+
 def checked_safetensors_path(path: str | Path) -> Path:
     """The path, if it names an existing .safetensors file; a clear error otherwise."""
     path = Path(path)
-    if path.suffix.lower() != ".safetensors":
-        raise FadeInputError(
-            f"{path.name} is not a .safetensors file; only safetensors are loaded (pickled .pt/.ckpt/.bin files can run code)"
-        )
+    require_safetensors_name(path)
     if not path.is_file():
         raise FadeInputError(f"no such file: {path}")
     return path

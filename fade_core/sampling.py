@@ -69,6 +69,15 @@ def sample(
     return trajectory_states(adapter, cond, noise, num_steps=num_steps, guidance=guidance, at_steps=[num_steps])[num_steps]
 
 
+def noise_prediction_error(
+    adapter: DenoiserAdapter, x0: torch.Tensor, x0_target: torch.Tensor, level: torch.Tensor
+) -> torch.Tensor:
+    """Mean squared error of x0 predictions weighted by (alpha / sigma)^2 per sample: at a fixed
+    x_t that is exactly the error of the implied noise predictions, the usual diffusion loss."""
+    alpha, sigma = adapter.signal_noise(level)
+    return (per_sample((alpha / sigma) ** 2, x0) * (x0 - x0_target) ** 2).mean()
+
+
 def preservation_steps(num_steps: int, t0_fraction: float) -> range:
     """Step indices inside the preservation window: the first ``t0_fraction`` of the trajectory,
     counted from pure noise. At least one step, so that a tiny fraction still preserves something."""

@@ -73,8 +73,10 @@ class ComfyAdapter(DenoiserAdapter):
         self.is_unet = isinstance(self.base.diffusion_model, UNetModel)
         if not self.is_unet:
             self.families = JOINT_ATTENTION_FAMILIES
-        self.distilled_guidance = "guidance" in self._extra_conds(*self._encode_one(""))
-        self._null: Conditioning | None = None
+        # The empty prompt's conditioning: CFG's unconditional half, and it shows whether the model
+        # takes a distilled guidance value instead (FLUX).
+        self.null = self.encode([""])
+        self.distilled_guidance = "guidance" in self.null.tensors
         self._diffusers_names: dict[str, str] | None = None
 
     # -- the adapter interface -----------------------------------------------------------------------
@@ -116,7 +118,7 @@ class ComfyAdapter(DenoiserAdapter):
             elif guidance == 1.0:
                 x0 = self.base.apply_model(x, sigma, **kwargs)
             else:
-                null = self.null_conditioning().tensors
+                null = self.null.tensors
                 both = {key: _cat_repeating([value, null[key].to(self.device).expand(value.shape[0], *value.shape[1:])])
                         for key, value in kwargs.items()}
                 conditional, unconditional = self.base.apply_model(torch.cat([x, x]), torch.cat([sigma, sigma]), **both).chunk(2)
@@ -158,11 +160,6 @@ class ComfyAdapter(DenoiserAdapter):
         return ((pixels.float() + 1.0) / 2.0).clamp(0.0, 1.0).to(samples.device)
 
     # -- ComfyUI specifics --------------------------------------------------------------------------
-
-    def null_conditioning(self) -> Conditioning:
-        if self._null is None:
-            self._null = self.encode([""])
-        return self._null
 
     def make_trainable(self) -> None:
         """Replaces parameters and buffers made under inference mode (every prompt's default in

@@ -13,7 +13,7 @@ import comfy.utils
 import folder_paths
 
 from ..fade_core.errors import FadeInputError
-from ..fade_core.files import path_inside
+from ..fade_core.files import path_inside, require_safetensors_name
 
 PROGRESS_EVENT = "fade.progress"
 
@@ -67,21 +67,17 @@ def new_lora_path(prefix: str) -> Path:
         raise FadeInputError("the file name prefix is empty; give one such as 'fade/airplane'")
     if not re.fullmatch(r"[\w\-./ ]+", prefix):
         raise FadeInputError(f"the file name prefix {prefix!r} has characters other than letters, digits, - _ . / and spaces")
-    folder = loras_folder()
-    first = path_inside(folder, f"{prefix}_00001.safetensors")
+    base = path_inside(loras_folder(), prefix)  # refuses a prefix that leaves the folder
     counter = 1
-    while True:
-        candidate = first.with_name(f"{first.name.removesuffix('_00001.safetensors')}_{counter:05d}.safetensors")
-        if not candidate.exists():
-            return candidate
+    while (candidate := base.with_name(f"{base.stem}_{counter:05d}.safetensors")).exists():
         counter += 1
+    return candidate
 
 
 def lora_file(name: str) -> Path:
     """The full path of a file chosen from the loras list; refuses anything outside those folders
     and any format other than safetensors (no pickle is ever loaded)."""
-    if not name.lower().endswith(".safetensors"):
-        raise FadeInputError(f"{name} is not a .safetensors file; FADE loads only safetensors (never pickle)")
+    require_safetensors_name(name)
     for folder in folder_paths.get_folder_paths("loras"):
         try:
             path = path_inside(folder, name)

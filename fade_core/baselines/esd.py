@@ -22,11 +22,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ..adapter import DenoiserAdapter, per_sample
+from ..adapter import DenoiserAdapter
 from ..errors import FadeInputError, FadeTrainingError
 from ..lora import attach_lora, lora_disabled, lora_state
 from ..prompts import PromptSet
-from ..sampling import initial_noise, trajectory_states
+from ..sampling import initial_noise, noise_prediction_error, trajectory_states
 
 
 @dataclass
@@ -92,9 +92,7 @@ def erase_esd(
         level = levels[k].expand(cfg.batch_size)
         nulls = null[torch.zeros(cfg.batch_size, dtype=torch.long)]
         target = esd_target(adapter, x_t, level, concept, nulls, cfg.negative_guidance)
-        alpha, sigma = adapter.signal_noise(level)
-        weight = per_sample((alpha / sigma) ** 2, x_t)
-        loss = (weight * (adapter.predict_x0(x_t, level, concept, 1.0) - target) ** 2).mean()
+        loss = noise_prediction_error(adapter, adapter.predict_x0(x_t, level, concept, 1.0), target, level)
         if not torch.isfinite(loss):
             raise FadeTrainingError(f"the ESD loss became {loss.item()} at step {step}; lower the learning rate")
         optimizer.zero_grad(set_to_none=True)

@@ -100,5 +100,3 @@ def delta_as_lora(delta: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.T
     rank = min(rank, s.numel())
     root = s[:rank].sqrt()
     return (u[:, :rank] * root).to(delta.dtype), (root[:, None] * vh[:rank]).to(delta.dtype)
-
-
