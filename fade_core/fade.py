@@ -45,6 +45,7 @@ from .adversary import build_adversary
 from .errors import FadeInputError, FadeTrainingError
 from .lora import attach_lora, lora_disabled, lora_state, tv_bound
 from .prompts import PromptPair, PromptSet
+from .robust import AdversarialConditionings
 from .sampling import ddim_step, initial_noise, preservation_steps, sample, trajectory_states
 
 
@@ -69,6 +70,15 @@ class FadeConfig:
     stop_accuracy: float = 0.55  # D's validation accuracy counted as chance
     stop_patience: int = 2  # consecutive validations at chance before stopping
     seed: int = 0
+    # Robust FADE (fade_core/robust.py): adversarial conditionings in the loop. 0 turns it off.
+    robust_every: int = 0  # steps between rounds of the inner attack
+    robust_attack_steps: int = 10  # Adam steps of each round
+    robust_warmup_steps: int = 50  # Adam steps of the first round, against the base model
+    robust_bank_size: int = 16  # soft conditionings kept
+    robust_share: float = 0.5  # share of concept trajectories started from the bank
+    robust_refresh: float = 0.25  # share of the bank started afresh every round
+    robust_attack_lr: float = 1e-2
+    robust_targets: int = 64  # the base model's samples of each concept: the attack's targets
 
     def check(self) -> None:
         positive = ("steps", "batch_size", "lora_rank", "sampling_steps", "validate_every", "validation_repeats", "stop_patience")
@@ -181,6 +191,7 @@ class FadeTrainer:
         self._neutral_cond = adapter.encode([p.neutral_prompt for p in self.train_pairs])
         self._heads = torch.tensor([prompt_set.concept_index(p.concept) for p in self.train_pairs])
         self._validation = self._validation_batch(prompt_set.pairs("validation"))
+        self.adversarial = self._adversarial_bank() if self.config.robust_every else None
         self.pool = PairTrajectories(self, self.config.batch_size)
         self.replay = ReplayBuffer(self.config.replay_size)
         self.adversary.train()
@@ -203,6 +214,8 @@ class FadeTrainer:
         cfg = self.config
         at_chance, validation_accuracy, steps_done = 0, float("nan"), 0
         for steps_done in range(1, cfg.steps + 1):
+            if self.adversarial is not None and steps_done % cfg.robust_every == 0:
+                self.adversarial.attack(cfg.robust_attack_steps)  # robust extension
             report = self._step(cfg.adversary_warmup + steps_done, training=True)
             if steps_done % cfg.validate_every == 0 or steps_done == cfg.steps:
                 validation_accuracy = report.validation_accuracy = self.validation_accuracy()
@@ -231,8 +244,8 @@ class FadeTrainer:
         # Lines 5-6: the pool's pairs, each at its own step k of a trajectory that the current
         # model samples without gradient; one x0 prediction there, differentiable when training.
         pairs, steps, concept_state, neutral_state = self.pool.current()
-        concept_cond, neutral_cond = self._concept_cond[pairs], self._neutral_cond[pairs]
-        heads, levels = self._heads[pairs], self.levels[steps]
+        concept_cond, neutral_cond = self.pool.concept_cond, self._neutral_cond[pairs]
+        heads, levels = self.pool.heads, self.levels[steps]
         with torch.set_grad_enabled(training):
             x0 = self.adapter.predict_x0(
                 torch.cat([concept_state, neutral_state]), torch.cat([levels, levels]),
@@ -292,6 +305,33 @@ class FadeTrainer:
         self.adversary_optimizer.step()
         accuracy = ((logits > 0).float() == targets).float().mean().item()
         return loss.item(), accuracy
+
+    # -- robust extension: the inner attack's bank ------------------------------------------------
+
+    def _adversarial_bank(self) -> AdversarialConditionings:
+        """The bank, started from the concept prompts and the empty prompt, and its first round
+        against the base model. Its targets: the base model's own samples of each concept."""
+        cfg = self.config
+        generator = torch.Generator().manual_seed(cfg.seed + 2)
+        targets = []
+        for head in range(len(self.prompt_set.concepts)):
+            mine = torch.nonzero(self._heads == head).flatten()
+            picks = mine[torch.randint(0, len(mine), (cfg.robust_targets,), generator=generator)]
+            noise = initial_noise(self.adapter, cfg.robust_targets, generator)
+            with torch.no_grad():
+                targets.append(sample(self.adapter, self._concept_cond[picks], noise,
+                                      num_steps=cfg.sampling_steps, guidance=cfg.guidance))
+        null = self.adapter.encode([""])
+        heads = list(range(len(targets)))
+        starts = Conditioning.cat([self._concept_cond, *[null] * len(heads)])
+        start_heads = torch.cat([self._heads, torch.tensor(heads)])
+        bank = AdversarialConditionings(
+            self.adapter, starts, start_heads, targets, size=cfg.robust_bank_size,
+            learning_rate=cfg.robust_attack_lr, refresh=0.0, sampling_steps=cfg.sampling_steps, generator=generator,
+        )
+        bank.attack(cfg.robust_warmup_steps)
+        bank.refresh = cfg.robust_refresh
+        return bank
 
     # -- validation ------------------------------------------------------------------------------
 
@@ -370,17 +410,20 @@ class PairTrajectories:
     concept prompt and one for its neutral twin. Slots start staggered over the schedule, so
     every batch holds states of every noise level; a slot that reaches the end restarts with a
     new pair and fresh noise. Sampling thus costs one model evaluation per training step, and
-    the states always come from a model at most ``sampling_steps`` updates old.
+    the states always come from a model at most ``sampling_steps`` updates old. With the robust
+    extension, a share of the slots takes its concept side from the inner attack's bank instead
+    of the pair's concept prompt (the neutral twin stays a neutral prompt of the same concept).
     """
 
     def __init__(self, trainer: FadeTrainer, size: int) -> None:
         self.trainer = trainer
         cfg = trainer.config
         self.num_steps = cfg.sampling_steps
-        self.pairs = self._draw_pairs(size)
+        self.pairs_of_head = [torch.nonzero(trainer._heads == h).flatten() for h in range(len(trainer.prompt_set.concepts))]
+        self.pairs, self.concept_cond, self.heads = self._draw_slots(size)
         self.steps = torch.arange(size) * self.num_steps // size
         noise = initial_noise(trainer.adapter, size, trainer.generator)
-        cond = Conditioning.cat([trainer._concept_cond[self.pairs], trainer._neutral_cond[self.pairs]])
+        cond = Conditioning.cat([self.concept_cond, trainer._neutral_cond[self.pairs]])
         states = trajectory_states(
             trainer.adapter, cond, torch.cat([noise, noise]), num_steps=self.num_steps,
             guidance=cfg.guidance, at_steps=sorted(set(self.steps.tolist())),
@@ -388,9 +431,24 @@ class PairTrajectories:
         both = torch.stack([states[k][i] for k, i in zip(self.steps.tolist() * 2, range(2 * size))])
         self.concept, self.neutral = both.chunk(2)
 
-    def _draw_pairs(self, count: int) -> torch.Tensor:
-        rng = self.trainer.random
-        return torch.tensor([rng.randrange(len(self.trainer.train_pairs)) for _ in range(count)], dtype=torch.long)
+    def _draw_slots(self, count: int) -> tuple[torch.Tensor, Conditioning, torch.Tensor]:
+        trainer, rng = self.trainer, self.trainer.random
+        pairs = torch.tensor([rng.randrange(len(trainer.train_pairs)) for _ in range(count)], dtype=torch.long)
+        cond, heads = trainer._concept_cond[pairs], trainer._heads[pairs]
+        bank = trainer.adversarial
+        if bank is not None:
+            chosen = [i for i in range(count) if rng.random() < trainer.config.robust_share]
+            if chosen:
+                soft, soft_heads = bank.draw(len(chosen))
+                tensors = {key: value.clone() for key, value in cond.tensors.items()}
+                for key, value in soft.tensors.items():
+                    tensors[key][chosen] = value
+                cond, heads = Conditioning(tensors), heads.clone()
+                heads[chosen] = soft_heads
+                for i, head in zip(chosen, soft_heads.tolist()):
+                    mine = self.pairs_of_head[head]
+                    pairs[i] = mine[rng.randrange(len(mine))]
+        return pairs, cond, heads
 
     def current(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.pairs, self.steps, self.concept, self.neutral
@@ -412,7 +470,12 @@ class PairTrajectories:
             noise = initial_noise(adapter, count, self.trainer.generator)
             start = adapter.add_noise(torch.zeros_like(noise), noise, levels[0].expand(count))
             self.concept[finished], self.neutral[finished] = start, start
-            self.pairs[finished] = self._draw_pairs(count)
+            pairs, cond, heads = self._draw_slots(count)
+            self.pairs[finished], self.heads[finished] = pairs, heads
+            tensors = {key: value.clone() for key, value in self.concept_cond.tensors.items()}
+            for key, value in cond.tensors.items():
+                tensors[key][finished] = value
+            self.concept_cond = Conditioning(tensors)
             self.steps[finished] = 0
 
 

@@ -107,24 +107,32 @@ class DigitsJudge:
         return style_pred == data.STYLE_NAMES.index(concept)
 
     @torch.no_grad()
+    def concept_accuracy(self, adapter: DenoiserAdapter, concept: str, prompts: Sequence[str] | None = None) -> float:
+        """Acc: the share of ``concept_images`` generations, cycling through the prompts (by default
+        the eraser's own concept prompts), that the evaluator labels as the concept."""
+        if prompts is not None:
+            words = data.concept_names(concept)
+            require_mentions(prompts, words, repr(concept))
+            prompts = [p for p in prompts if mentions(p, words)]
+        else:
+            prompts = self.concept_prompts(concept)
+        cycled = [prompts[i % len(prompts)] for i in range(self.concept_images)]
+        digit_pred, style_pred = self.evaluator.classify(self._generate(adapter, cycled, self.seed))
+        return self._is_concept(digit_pred, style_pred, concept).float().mean().item()
+
+    def context_accuracy(self, adapter: DenoiserAdapter, concept: str) -> float:
+        """Acc on prompts that put the concept in contexts the eraser never saw."""
+        return self.concept_accuracy(adapter, concept, data.held_out_context_prompts(concept, self.concept_images, self.seed))
+
+    @torch.no_grad()
     def measure(
         self, adapter: DenoiserAdapter, concepts: Sequence[str], prompts: Sequence[str] | None = None
     ) -> Scores:
         """Acc on the concept prompts (``prompts`` if given, else the default set), and the other
         concepts' accuracy, FID-proxy and CLIP-proxy on the non-target prompts."""
         concepts = list(concepts)
-        per_concept, n_images = {}, 0
-        for concept in concepts:
-            words = [concept, *data.eraser_synonyms(concept), *data.held_out_synonyms(concept)]
-            if prompts is not None:
-                require_mentions(prompts, words, repr(concept))
-                concept_prompts = [p for p in prompts if mentions(p, words)]
-            else:
-                concept_prompts = self.concept_prompts(concept)
-            cycled = [concept_prompts[i % len(concept_prompts)] for i in range(self.concept_images)]
-            digit_pred, style_pred = self.evaluator.classify(self._generate(adapter, cycled, self.seed))
-            per_concept[concept] = self._is_concept(digit_pred, style_pred, concept).float().mean().item()
-            n_images += len(cycled)
+        per_concept = {concept: self.concept_accuracy(adapter, concept, prompts) for concept in concepts}
+        n_images = self.concept_images * len(concepts)
 
         captions = self.other_captions(concepts)
         samples = self._generate(adapter, [c.text for c in captions], self.seed + 1)

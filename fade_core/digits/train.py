@@ -14,16 +14,21 @@ import argparse
 import json
 import random
 import time
+from pathlib import Path
 
 import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from ..files import save_safetensors
+from ..files import atomic_write, load_safetensors, save_safetensors
+from ..report import markdown_table, replace_section
 from ..sampling import generate
 from . import data
 from .evaluator import DigitStyleEvaluator, real_test_accuracy, train_evaluator
-from .model import DEFAULT_SAMPLING_STEPS, EVALUATOR_FILE, MODEL_FILE, build_pipeline, load_pipeline, make_adapter, tokenize
+from .model import (
+    DEFAULT_GUIDANCE, DEFAULT_SAMPLING_STEPS, EVALUATOR_FILE, MODEL_FILE, build_pipeline, load_pipeline, make_adapter, model_state_for_file,
+    tokenize,
+)
 
 CFG_DROPOUT = 0.1
 
@@ -35,24 +40,30 @@ def train_generator(steps: int, batch_size: int = 128, seed: int = 0, lr: float 
     ema = torch.optim.swa_utils.AveragedModel(
         modules, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.999)
     )
-    optimizer = torch.optim.AdamW(modules.parameters(), lr=lr, weight_decay=0.0)
+    # Captions reach a few hundred of the 49,408 token rows: a sparse gradient and a lazy Adam for
+    # the table update only those rows (and leave every other row exactly at its initial value,
+    # which the model file relies on), where a dense update of the whole table would double the
+    # time of a step.
+    table = text_encoder.get_input_embeddings()
+    table.sparse = True
+    dense = [p for p in modules.parameters() if p is not table.weight]
+    optimizers = [
+        torch.optim.AdamW(dense, lr=lr, weight_decay=0.0),
+        torch.optim.SparseAdam([table.weight], lr=lr),
+    ]
     warmup = 200
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda i: min(1.0, (i + 1) / warmup) * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * i / steps)).item()),
-    )
+    schedules = [
+        torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda i: min(1.0, (i + 1) / warmup) * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * i / steps)).item()),
+        )
+        for optimizer in optimizers
+    ]
 
     images, digits = data.real_split("generator")
     styled = {style: data.to_model_range(data.apply_style(images, style)) for style in data.STYLE_NAMES}
     generator = torch.Generator().manual_seed(seed)
     rng = random.Random(seed)
-    token_cache: dict[str, torch.Tensor] = {}
-
-    def ids_for(captions: list[str]) -> torch.Tensor:
-        missing = [c for c in set(captions) if c not in token_cache]
-        if missing:
-            token_cache.update(zip(missing, tokenize(missing)))
-        return torch.stack([token_cache[c] for c in captions])
 
     progress = tqdm(range(steps), desc="text-to-image model")
     for step in progress:
@@ -63,53 +74,97 @@ def train_generator(steps: int, batch_size: int = 128, seed: int = 0, lr: float 
             "" if rng.random() < CFG_DROPOUT else data.random_caption(int(digits[i]), data.STYLE_NAMES[s], rng).text
             for i, s in zip(idx.tolist(), style_idx.tolist())
         ]
-        context = text_encoder(ids_for(captions)).last_hidden_state
+        context = text_encoder(tokenize(captions)).last_hidden_state
         noise = torch.randn(x0.shape, generator=generator)
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch_size,), generator=generator)
         x_t = scheduler.add_noise(x0, noise, timesteps)
         target = scheduler.get_velocity(x0, noise, timesteps)
         loss = F.mse_loss(unet(x_t, timesteps, encoder_hidden_states=context).sample, target)
-        optimizer.zero_grad(set_to_none=True)
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(modules.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
+        torch.nn.utils.clip_grad_norm_(dense, 1.0)
+        for optimizer, schedule in zip(optimizers, schedules):
+            optimizer.step()
+            schedule.step()
         ema.update_parameters(modules)
         if step % 50 == 0:
             progress.set_postfix(loss=f"{loss.item():.4f}")
     modules.load_state_dict(ema.module.state_dict())
+    table.sparse = False
     return pipeline.unet.eval(), pipeline.text_encoder.eval()
 
 
-@torch.no_grad()
-def calibrate(evaluator: DigitStyleEvaluator, guidances, per_concept: int = 100, num_steps: int = DEFAULT_SAMPLING_STEPS, seed: int = 1):
-    """Per-digit and per-style recognition rates of the saved model at each guidance scale."""
-    adapter = make_adapter(load_pipeline(MODEL_FILE))
+CALIBRATION_FILE = Path(__file__).resolve().parents[2] / "benchmarks" / "calibration.json"
+GUIDANCES = (1.0, 1.5, 2.0, 3.0, 4.0)
+
+
+def calibration_prompts(per_concept: int, seed: int) -> dict[str, list[tuple[str, str]]]:
+    """(prompt, concept) lists: captions as the base model was trained on them (every template,
+    synonym and context), and prompts in contexts the eraser never sees (the held-out contexts)."""
     rng = random.Random(seed)
-    digit_prompts = [data.random_caption(d, "plain", rng) for d in range(10) for _ in range(per_concept)]
-    style_prompts = [
-        data.random_caption(rng.randrange(10), s, rng) for s in data.STYLE_NAMES[1:] for _ in range(per_concept)
-    ]
-    captions = digit_prompts + style_prompts
+    digit_captions = [data.random_caption(d, "plain", rng) for d in range(10) for _ in range(per_concept)]
+    style_captions = [data.random_caption(rng.randrange(10), s, rng) for s in data.STYLE_NAMES[1:] for _ in range(per_concept)]
+    concepts = list(data.DIGIT_NAMES) + list(data.STYLE_NAMES[1:])
+    return {
+        "captions": [(c.text, data.DIGIT_NAMES[c.digit]) for c in digit_captions]
+        + [(c.text, c.style) for c in style_captions],
+        "held_out_contexts": [
+            (prompt, concept) for concept in concepts for prompt in data.held_out_context_prompts(concept, per_concept, seed)
+        ],
+    }
+
+
+@torch.no_grad()
+def calibrate(evaluator: DigitStyleEvaluator, guidances=GUIDANCES, per_concept: int = 100,
+              num_steps: int = DEFAULT_SAMPLING_STEPS, seed: int = 1) -> dict:
+    """How often the evaluator recognises the named digit (per digit) and the named style (per
+    style) in the saved model's samples, at each guidance scale, for both prompt families."""
+    adapter = make_adapter(load_pipeline(MODEL_FILE))
     report = {}
-    for guidance in guidances:
-        samples = generate(adapter, [c.text for c in captions], seed=seed, num_steps=num_steps, guidance=guidance)
-        digit_pred, style_pred = evaluator.classify(samples)
-        digit_ok = digit_pred == torch.tensor([c.digit for c in captions])
-        style_ok = style_pred == torch.tensor([data.STYLE_NAMES.index(c.style) for c in captions])
-        row = {}
-        for d in range(10):
-            row[f"digit/{data.DIGIT_NAMES[d]}"] = digit_ok[d * per_concept : (d + 1) * per_concept].float().mean().item()
-        offset = 10 * per_concept
-        for k, style in enumerate(data.STYLE_NAMES[1:]):
-            part = slice(offset + k * per_concept, offset + (k + 1) * per_concept)
-            row[f"style/{style}"] = style_ok[part].float().mean().item()
-        row["digit_mean"] = digit_ok[:offset].float().mean().item()
-        row["style_mean"] = style_ok[offset:].float().mean().item()
-        report[str(guidance)] = row
-        print(f"guidance {guidance}: digits {row['digit_mean']:.3f} (min {min(v for k, v in row.items() if k.startswith('digit/')):.3f}), "
-              f"styles {row['style_mean']:.3f} (min {min(v for k, v in row.items() if k.startswith('style/')):.3f})")
+    for family, pairs in calibration_prompts(per_concept, seed).items():
+        report[family] = {}
+        for guidance in guidances:
+            samples = generate(adapter, [p for p, _ in pairs], seed=seed, num_steps=num_steps, guidance=guidance)
+            digit_pred, style_pred = evaluator.classify(samples)
+            row: dict[str, float] = {}
+            for concept in dict.fromkeys(c for _, c in pairs):
+                mask = torch.tensor([c == concept for _, c in pairs])
+                if data.concept_kind(concept) == "object":
+                    hits = digit_pred[mask] == data.DIGIT_NAMES.index(concept)
+                else:
+                    hits = style_pred[mask] == data.STYLE_NAMES.index(concept)
+                row[concept] = hits.float().mean().item()
+            row["digit_mean"] = sum(row[d] for d in data.DIGIT_NAMES) / 10
+            row["style_mean"] = sum(row[s] for s in data.STYLE_NAMES[1:]) / (len(data.STYLE_NAMES) - 1)
+            report[family][str(guidance)] = row
+            worst_digit = min(row[d] for d in data.DIGIT_NAMES)
+            worst_style = min(row[s] for s in data.STYLE_NAMES[1:])
+            print(f"{family} guidance {guidance}: digits {row['digit_mean']:.3f} (min {worst_digit:.3f}), "
+                  f"styles {row['style_mean']:.3f} (min {worst_style:.3f})", flush=True)
     return report
+
+
+def calibration_markdown(report: dict, evaluator_accuracy: dict[str, float]) -> str:
+    """The README's calibration tables, from :func:`calibrate`'s report."""
+    header = ["guidance", "digits: mean %", *[str(d) for d in range(10)], "styles: mean %", *data.STYLE_NAMES[1:]]
+    titles = {
+        "captions": "Captions as the base model was trained on them (every template, synonym and context)",
+        "held_out_contexts": "Prompts in the held-out contexts (the eraser never sees them)",
+    }
+    parts = [
+        f"Evaluator on the real test digits: digit {evaluator_accuracy['digit_accuracy']:.1%}, "
+        f"style {evaluator_accuracy['style_accuracy']:.1%} (over all five renderings)."
+    ]
+    for family, rows in report.items():
+        table = [
+            [f"**{g}**" if float(g) == DEFAULT_GUIDANCE else g, f"{row['digit_mean']:.1%}".rstrip("%"),
+             *[f"{100 * row[d]:.0f}" for d in data.DIGIT_NAMES],
+             f"{row['style_mean']:.1%}".rstrip("%"), *[f"{100 * row[s]:.0f}" for s in data.STYLE_NAMES[1:]]]
+            for g, row in rows.items()
+        ]
+        parts += ["", f"{titles[family]}:", "", markdown_table(header, table)]
+    return "\n".join(parts)
 
 
 def main(argv=None) -> None:
@@ -128,22 +183,19 @@ def main(argv=None) -> None:
     if args.only in (None, "generator"):
         started = time.time()
         unet, text_encoder = train_generator(args.steps, seed=args.seed)
-        state = {f"unet.{k}": v.half() for k, v in unet.state_dict().items()}
-        state |= {f"text_encoder.{k}": v.half() for k, v in text_encoder.state_dict().items()}
-        save_safetensors(state, MODEL_FILE, {"steps": str(args.steps), "seed": str(args.seed)})
-        print(f"generator trained in {time.time() - started:.0f} s")
+        save_safetensors(model_state_for_file(unet, text_encoder), MODEL_FILE, {"steps": str(args.steps), "seed": str(args.seed)})
+        print(f"generator trained in {time.time() - started:.0f} s", flush=True)
     if args.only in (None, "calibrate", "generator"):
+        started = time.time()
         evaluator = DigitStyleEvaluator()
-        evaluator.load_state_dict(load_file_strict(EVALUATOR_FILE))
-        print(json.dumps({"evaluator_real_test": real_test_accuracy(evaluator.eval())}, indent=1))
-        report = calibrate(evaluator, (1.0, 1.5, 2.0, 3.0, 4.0))
-        print(json.dumps(report, indent=1))
-
-
-def load_file_strict(path):
-    from ..files import load_safetensors
-
-    return load_safetensors(path)
+        evaluator.load_state_dict(load_safetensors(EVALUATOR_FILE))
+        accuracy = real_test_accuracy(evaluator.eval())
+        print(json.dumps({"evaluator_real_test": accuracy}, indent=1))
+        report = calibrate(evaluator)
+        atomic_write(CALIBRATION_FILE, lambda temporary: temporary.write_text(
+            json.dumps({"evaluator_real_test": accuracy, "recognition": report}, indent=1) + "\n"))
+        replace_section("calibration", calibration_markdown(report, accuracy))
+        print(f"calibration in {time.time() - started:.0f} s; written to {CALIBRATION_FILE} and README.md", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,91 @@
+"""Robust FADE: adversarial conditionings in the loop, an extension of Algorithm 1.
+
+Plain FADE erases a concept for the prompts it trains on. An attacker who keeps the erased weights
+but chooses the conditioning (a learned embedding, as in CCE and UnlearnDiffAtk) can still find one
+that brings the concept back. The extension closes that gap in the spirit of adversarial training
+(AdvUnlearn, STEREO): every ``robust_every`` steps an inner attack optimises a bank of soft
+conditionings (the per-token text states that cross-attention reads, started from concept prompts
+and from the empty prompt) so that the current erased model denoises the base model's own samples
+of the concept; the trainer then starts part of its concept trajectories from the bank, so that
+L_rem and the adversary also see what the attack found.
+
+The attack uses only what a user of the base model has: the model and the prompts. Its targets are
+the base model's own samples of the concept, made once before training, never real images.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .adapter import Conditioning, DenoiserAdapter
+from .sampling import noise_prediction_error
+
+
+class AdversarialConditionings:
+    """The inner attack's bank: soft conditionings, each for one concept head, kept across rounds
+    (each round continues the last one, so the attack grows stronger as cheaply as it can), with
+    a share of the entries started afresh every round to keep the bank varied."""
+
+    def __init__(
+        self,
+        adapter: DenoiserAdapter,
+        starts: Conditioning,
+        start_heads: torch.Tensor,
+        targets: list[torch.Tensor],
+        *,
+        size: int,
+        learning_rate: float,
+        refresh: float,
+        sampling_steps: int,
+        generator: torch.Generator,
+    ) -> None:
+        self.adapter = adapter
+        self.starts, self.start_heads = starts, start_heads
+        self.targets = targets  # per head: the base model's samples of that concept
+        self.size = size
+        self.learning_rate = learning_rate
+        self.refresh = refresh
+        self.levels = adapter.noise_levels(sampling_steps)
+        self.generator = generator
+        picks = self._draw_starts(size)
+        self.conditioning = starts[picks]
+        self.heads = start_heads[picks]
+
+    def _draw_starts(self, count: int) -> torch.Tensor:
+        return torch.randint(0, len(self.start_heads), (count,), generator=self.generator)
+
+    def attack(self, steps: int) -> float:
+        """``steps`` Adam steps on every entry against the current model; returns the last loss."""
+        fresh = int(round(self.refresh * self.size))
+        if fresh:
+            slots = torch.randperm(self.size, generator=self.generator)[:fresh]
+            picks = self._draw_starts(fresh)
+            tensors = {key: value.clone() for key, value in self.conditioning.tensors.items()}
+            for key, value in self.starts[picks].tensors.items():
+                tensors[key][slots] = value
+            self.conditioning = Conditioning(tensors)
+            self.heads = self.heads.clone()
+            self.heads[slots] = self.start_heads[picks]
+        key = self.adapter.context_key
+        soft = self.conditioning.tensors[key].detach().clone().requires_grad_(True)
+        optimizer = torch.optim.Adam([soft], lr=self.learning_rate)
+        loss = torch.zeros(())
+        for _ in range(steps):
+            x0 = torch.stack([
+                self.targets[head][torch.randint(0, len(self.targets[head]), (), generator=self.generator)]
+                for head in self.heads.tolist()
+            ])
+            level = self.levels[torch.randint(0, len(self.levels), (self.size,), generator=self.generator)]
+            x_t = self.adapter.add_noise(x0, torch.randn(x0.shape, generator=self.generator), level)
+            cond = Conditioning(self.conditioning.tensors | {key: soft})
+            loss = noise_prediction_error(self.adapter, self.adapter.predict_x0(x_t, level, cond, 1.0), x0, level)
+            (grad,) = torch.autograd.grad(loss, [soft])  # the LoRA gets no gradient from the attack
+            optimizer.zero_grad(set_to_none=True)
+            soft.grad = grad
+            optimizer.step()
+        self.conditioning = Conditioning(self.conditioning.tensors | {key: soft.detach()})
+        return float(loss)
+
+    def draw(self, count: int) -> tuple[Conditioning, torch.Tensor]:
+        picks = torch.randint(0, self.size, (count,), generator=self.generator)
+        return self.conditioning[picks], self.heads[picks]
