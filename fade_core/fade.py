@@ -79,6 +79,7 @@ class FadeConfig:
     robust_refresh: float = 0.25  # share of the bank started afresh every round
     robust_attack_lr: float = 1e-2
     robust_targets: int = 64  # the base model's samples of each concept: the attack's targets
+    robust_anchor_weight: float = 0.0  # weight of the bank's anchor loss (robust.py); 0: L_rem only
 
     def check(self) -> None:
         positive = ("steps", "batch_size", "lora_rank", "sampling_steps", "validate_every", "validation_repeats", "stop_patience")
@@ -269,6 +270,8 @@ class FadeTrainer:
                 self.adapter, x_notc[early], neutral_state[early], levels[early], neutral_cond[early], cfg.guidance
             )
             loss = loss_removal + cfg.preservation_weight * loss_preservation
+            if self.adversarial is not None and cfg.robust_anchor_weight > 0:  # robust extension
+                loss = loss + cfg.robust_anchor_weight * self.adversarial.anchor_loss(len(heads), self._anchors)
             if not torch.isfinite(loss):
                 raise FadeTrainingError(
                     f"the loss became {loss.item()} at step {step} (removal {loss_removal.item()}, preservation "
@@ -331,6 +334,7 @@ class FadeTrainer:
         )
         bank.attack(cfg.robust_warmup_steps)
         bank.refresh = cfg.robust_refresh
+        self._anchors = [self._neutral_cond[torch.nonzero(self._heads == head).flatten()] for head in heads]
         return bank
 
     # -- validation ------------------------------------------------------------------------------

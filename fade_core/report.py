@@ -18,10 +18,10 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 def replace_section(name: str, text: str, path: Path = README) -> Path:
     """Puts ``text`` between the section's markers in ``path``."""
     content = path.read_text(encoding="utf-8")
-    pattern = re.compile(rf"(<!-- {re.escape(name)}:start -->\n).*?(\n<!-- {re.escape(name)}:end -->)", re.DOTALL)
+    pattern = re.compile(rf"(<!-- {re.escape(name)}:start -->\n).*?(<!-- {re.escape(name)}:end -->)", re.DOTALL)
     if not pattern.search(content):
         raise FadeInputError(f"{path} has no section {name!r} (markers <!-- {name}:start --> and <!-- {name}:end -->)")
-    updated = pattern.sub(lambda match: match.group(1) + text.strip("\n") + match.group(2), content)
+    updated = pattern.sub(lambda match: match.group(1) + text.strip("\n") + "\n" + match.group(2), content)
     return atomic_write(path, lambda temporary: temporary.write_text(updated, encoding="utf-8"))
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from .adapter import Conditioning, DenoiserAdapter
+from .lora import lora_disabled
 from .sampling import noise_prediction_error
 
 
@@ -84,8 +85,29 @@ class AdversarialConditionings:
             soft.grad = grad
             optimizer.step()
         self.conditioning = Conditioning(self.conditioning.tensors | {key: soft.detach()})
-        return float(loss)
+        return float(loss.detach())
 
     def draw(self, count: int) -> tuple[Conditioning, torch.Tensor]:
         picks = torch.randint(0, self.size, (count,), generator=self.generator)
         return self.conditioning[picks], self.heads[picks]
+
+    def anchor_loss(self, count: int, anchors: list[Conditioning]) -> torch.Tensor:
+        """How far the current model, given bank conditionings, still denoises the concept's samples:
+        the squared x0 gap to the original model's prediction at the same noisy concept sample for a
+        neutral prompt of the same concept (``anchors[head]``, one drawn per entry). Differentiable
+        in the LoRA; the bank entries are fixed here."""
+        picks = torch.randint(0, self.size, (count,), generator=self.generator)
+        cond, heads = self.conditioning[picks], self.heads[picks]
+        x0 = torch.stack([
+            self.targets[head][torch.randint(0, len(self.targets[head]), (), generator=self.generator)]
+            for head in heads.tolist()
+        ])
+        level = self.levels[torch.randint(0, len(self.levels), (count,), generator=self.generator)]
+        x_t = self.adapter.add_noise(x0, torch.randn(x0.shape, generator=self.generator), level)
+        anchor = Conditioning.cat([
+            anchors[head][torch.randint(0, len(anchors[head]), (1,), generator=self.generator)] for head in heads.tolist()
+        ])
+        with torch.no_grad(), lora_disabled(self.adapter.denoiser):
+            target = self.adapter.predict_x0(x_t, level, anchor, 1.0)
+        prediction = self.adapter.predict_x0(x_t, level, cond, 1.0)
+        return (prediction - target).pow(2).flatten(1).sum(1).mean()

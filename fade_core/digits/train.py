@@ -33,7 +33,7 @@ from .model import (
 CFG_DROPOUT = 0.1
 
 
-def train_generator(steps: int, batch_size: int = 128, seed: int = 0, lr: float = 1e-3):
+def train_generator(steps: int, batch_size: int = 64, seed: int = 0, lr: float = 1e-3):
     pipeline = build_pipeline(seed)
     unet, text_encoder, scheduler = pipeline.unet, pipeline.text_encoder, pipeline.scheduler
     modules = torch.nn.ModuleDict({"unet": unet, "text_encoder": text_encoder}).train()
@@ -170,7 +170,7 @@ def calibration_markdown(report: dict, evaluator_accuracy: dict[str, float]) -> 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=("evaluator", "generator", "calibrate"))
-    parser.add_argument("--steps", type=int, default=4000, help="text-to-image training steps")
+    parser.add_argument("--steps", type=int, default=4500, help="text-to-image training steps")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
