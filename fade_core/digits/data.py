@@ -1,4 +1,5 @@
-"""Real handwritten digits, rendering styles and the prompt vocabulary of the embedded model.
+"""Real handwritten digits and their rendering styles, for the embedded model (its prompt
+vocabulary is in :mod:`.vocabulary`, re-exported here).
 
 The images are scikit-learn's bundled copy of the UCI handwritten digits (1,797 real 8x8 scans).
 They are split once, by a fixed seed, into three disjoint parts so that nothing the evaluator is
@@ -15,7 +16,6 @@ thickened; they play the part of the paper's art styles.
 from __future__ import annotations
 
 import random
-import re
 from dataclasses import dataclass
 
 import kornia
@@ -23,59 +23,26 @@ import numpy as np
 import torch
 
 from ..errors import FadeInputError
+from .vocabulary import (  # noqa: F401  (the vocabulary, as data.X, for the modules that render captions)
+    DIGIT_NAMES,
+    DIGIT_SYNONYMS,
+    DIGIT_TEMPLATES,
+    HELD_OUT_DIGIT_TEMPLATES,
+    HELD_OUT_STYLED_TEMPLATES,
+    STYLE_NAMES,
+    STYLE_SYNONYMS,
+    STYLED_TEMPLATES,
+    concept_kind,
+    eraser_neutral_words,
+    eraser_synonyms,
+    eraser_templates,
+    held_out_synonyms,
+    parse_prompt,
+)
 
 SPLIT_SEED = 20251127
 SPLIT_FRACTIONS = {"generator": 0.6, "evaluator_train": 0.25, "evaluator_test": 0.15}
 
-DIGIT_SYNONYMS: dict[int, tuple[str, ...]] = {
-    0: ("zero", "0", "nought"),
-    1: ("one", "1", "i"),
-    2: ("two", "2", "ii"),
-    3: ("three", "3", "iii"),
-    4: ("four", "4", "iv"),
-    5: ("five", "5", "v"),
-    6: ("six", "6", "vi"),
-    7: ("seven", "7", "vii"),
-    8: ("eight", "8", "viii"),
-    9: ("nine", "9", "ix"),
-}
-DIGIT_NAMES = tuple(words[0] for words in DIGIT_SYNONYMS.values())
-
-# "plain" is the absence of a style; its words let a prompt say so explicitly.
-STYLE_SYNONYMS: dict[str, tuple[str, ...]] = {
-    "plain": ("plain", "regular", "normal"),
-    "bold": ("bold", "thick", "heavy"),
-    "thin": ("thin", "light", "fine"),
-    "inverted": ("inverted", "negative", "reversed"),
-    "slanted": ("slanted", "italic", "oblique"),
-}
-STYLE_NAMES = tuple(STYLE_SYNONYMS)
-
-# Templates the generator is trained on. "{d}" is a digit word, "{s}" a style word.
-DIGIT_TEMPLATES = (
-    "a handwritten {d}",
-    "the digit {d}",
-    "number {d}",
-    "a picture of the number {d}",
-    "{d}",
-    "an image of a {d}",
-    "a scanned {d}",
-    "the numeral {d}",
-    "a drawing of a {d}",
-    "a {d} written by hand",
-    "digit {d} on paper",
-    "a sketch of the number {d}",
-)
-STYLED_TEMPLATES = (
-    "a {s} {d}",
-    "the digit {d}, {s}",
-    "a {s} handwritten {d}",
-    "number {d} in {s} style",
-    "{s} {d}",
-    "a {d} drawn in {s} strokes",
-    "an image of a {s} {d}",
-    "the {s} numeral {d}",
-)
 
 
 def load_real_digits() -> tuple[torch.Tensor, torch.Tensor]:
@@ -150,71 +117,3 @@ def random_caption(digit: int, style: str, rng: random.Random) -> Caption:
     else:
         text = rng.choice(STYLED_TEMPLATES).format(d=digit_word, s=rng.choice(STYLE_SYNONYMS[style]))
     return Caption(text, digit, style)
-
-
-# --- What the eraser sees, and what it never sees -------------------------------------------------
-# The base model is trained on every template and synonym above. The eraser's prompt sets use only
-# part of them; the rest are paraphrases that measure whether an erasure generalises.
-HELD_OUT_DIGIT_TEMPLATES = ("a {d} written by hand", "digit {d} on paper", "a sketch of the number {d}")
-HELD_OUT_STYLED_TEMPLATES = ("an image of a {s} {d}", "the {s} numeral {d}")
-
-
-def concept_kind(concept: str) -> str:
-    """'object' for a digit name, 'style' for a style name; a clear error for anything else."""
-    if concept in DIGIT_NAMES:
-        return "object"
-    if concept in STYLE_NAMES and concept != "plain":
-        return "style"
-    raise FadeInputError(
-        f"the embedded model does not know {concept!r}; its concepts are the digits "
-        f"{', '.join(DIGIT_NAMES)} and the styles {', '.join(s for s in STYLE_NAMES if s != 'plain')}"
-    )
-
-
-def eraser_synonyms(concept: str) -> list[str]:
-    """Synonyms given to the eraser by default: the numeral for a digit, the second word for a style.
-    The third synonym of each (roman numerals; 'heavy', 'fine', ...) stays held out."""
-    if concept_kind(concept) == "object":
-        return [DIGIT_SYNONYMS[DIGIT_NAMES.index(concept)][1]]
-    return [STYLE_SYNONYMS[concept][1]]
-
-
-def held_out_synonyms(concept: str) -> list[str]:
-    if concept_kind(concept) == "object":
-        return [DIGIT_SYNONYMS[DIGIT_NAMES.index(concept)][2]]
-    return [STYLE_SYNONYMS[concept][2]]
-
-
-def eraser_templates(category: str) -> tuple[str, ...]:
-    """Templates with one "{}" slot for the concept, in many contexts (styles for digits, digits for
-    styles), drawn only from the templates the eraser may see."""
-    digit_templates = [t for t in DIGIT_TEMPLATES if t not in HELD_OUT_DIGIT_TEMPLATES]
-    styled_templates = [t for t in STYLED_TEMPLATES if t not in HELD_OUT_STYLED_TEMPLATES]
-    if category == "object":
-        plain = [t.format(d="{}") for t in digit_templates]
-        styled = [t.format(d="{}", s=words[0]) for t in styled_templates for words in STYLE_SYNONYMS.values()]
-        return tuple(plain + styled)
-    if category == "style":
-        return tuple(t.format(d=digit, s="{}") for t in styled_templates for digit in DIGIT_NAMES)
-    raise FadeInputError(f"the embedded model has no {category!r} concepts; use object (digits) or style")
-
-
-def eraser_neutral_words(concepts: list[str]) -> dict[str, list[str]]:
-    """Neutral replacements: the digits not being erased, or the explicit 'no style' words."""
-    kinds = {concept_kind(c) for c in concepts}
-    if kinds == {"object"}:
-        others = [d for d in DIGIT_NAMES if d not in concepts]
-        return {c: others for c in concepts}
-    if kinds == {"style"}:
-        return {c: list(STYLE_SYNONYMS["plain"]) for c in concepts}
-    raise FadeInputError("erase digits and styles in separate runs: one prompt set has one category")
-
-
-def parse_prompt(prompt: str) -> tuple[int | None, str | None]:
-    """The digit and the style a prompt names, as the embedded model's vocabulary reads it."""
-    words = re.findall(r"[a-z0-9]+", prompt.lower())
-    digit = next((d for w in words for d, names in DIGIT_SYNONYMS.items() if w in names), None)
-    style = next((s for w in words for s, names in STYLE_SYNONYMS.items() if w in names), None)
-    if style is None and digit is not None:
-        style = "plain"
-    return digit, style
