@@ -307,6 +307,12 @@ class FadeTrainer:
         concept, neutral, heads, noise = self._validation
         cond = Conditioning.cat([concept, neutral])
         samples = sample(self.adapter, cond, torch.cat([noise, noise]), num_steps=self.config.sampling_steps, guidance=self.config.guidance)
+        if not torch.isfinite(samples).all():
+            cfg = self.config
+            raise FadeTrainingError(
+                f"the model's samples became non-finite after {self.steps_done} LoRA updates; lower "
+                f"{setting_name('learning_rate')} (now {cfg.learning_rate:g}) or {setting_name('guidance')} (now {cfg.guidance:g})"
+            )
         mode = adversary.training
         adversary.eval()
         logits = adversary(samples).gather(1, torch.cat([heads, heads])[:, None]).squeeze(1)

@@ -106,7 +106,8 @@ class FADEApplyErasedLoRA(io.ComfyNode):
                 f"none of the {total} modules of {lora_name} matches this {base_family(model)} model; "
                 "it was made for another model: choose a LoRA made for this one"
             )
-        lines.append(f"modules matched: {len(matched)} of {total}" + ("" if clip is not None else " (the clip input is not connected)"))
+        text_encoder = clip is None and any(key.startswith("lora_te") for key in lora)
+        lines.append(f"modules matched: {len(matched)} of {total}" + (" (connect clip for the text-encoder part)" if text_encoder else ""))
         info = "\n".join(lines)
         model, clip = comfy.sd.load_lora_for_models(model, clip, lora, strength, strength if clip is not None else 0.0)
         return io.NodeOutput(model, clip, info, ui=ui.PreviewText(info))

@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 from diffusers import DDPMScheduler, DiffusionPipeline, UNet2DConditionModel
 from diffusers.loaders import StableDiffusionLoraLoaderMixin
-from safetensors.torch import load_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from ..diffusers_adapter import DiffusersAdapter
+from ..files import load_safetensors
 from .data import from_model_range
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -97,7 +97,7 @@ def load_pipeline(path: str | Path = MODEL_FILE) -> DigitsPipeline:
             f"embedded model weights not found at {path}; run `python -m fade_core.digits.train` to rebuild them"
         )
     pipeline = build_pipeline()
-    state = {key: value.float() for key, value in load_file(path).items()}
+    state = {key: value.float() for key, value in load_safetensors(path).items()}
     for prefix, module in (("unet.", pipeline.unet), ("text_encoder.", pipeline.text_encoder)):
         part = {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
         module.load_state_dict(part, strict=True)
