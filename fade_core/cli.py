@@ -74,7 +74,7 @@ def _adapter_with_lora(path: str | None, lora=None, accept_other_base: bool = Fa
     """The embedded model, with the LoRA at ``path`` (read by :func:`_read_lora`) if given: its keys,
     shapes and base model checked against the model before it is applied."""
     from .digits.model import MODEL_NAME, load_pipeline, make_adapter
-    from .lora_file import base_model_problem, check_lora, kohya_targets
+    from .lora_file import base_model_problem, check_lora, kohya_targets, kohya_text_encoder_targets
 
     pipeline = load_pipeline()
     if path:
@@ -87,8 +87,8 @@ def _adapter_with_lora(path: str | None, lora=None, accept_other_base: bool = Fa
             raise FadeInputError(f"{Path(path).name} may not suit the embedded model: {problem}; pass {ACCEPT_FLAG} to use it anyway")
         if problem:
             print(f"warning: {Path(path).name} may not suit the embedded model: {problem}; used anyway ({ACCEPT_FLAG})", file=sys.stderr)
-        targets = kohya_targets(pipeline.unet, "lora_unet_") | kohya_targets(pipeline.text_encoder, "lora_te_")
-        check_lora(path, tensors, targets, model=f"the embedded model ({MODEL_NAME})")
+        targets = kohya_targets(pipeline.unet, "lora_unet_") | kohya_text_encoder_targets(pipeline.text_encoder)
+        check_lora(path, tensors, targets, model=f"the embedded model {MODEL_NAME}")
         pipeline.load_lora_weights(dict(tensors))
     return make_adapter(pipeline)
 
@@ -111,7 +111,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
     concepts = _concepts(args.concept)
     kind = concept_kind(concepts[0])
     if args.category and args.category != kind:
-        raise FadeInputError(f"{concepts[0]!r} is a {kind} concept of the embedded model, not {args.category}; drop --category or use {kind}")
+        raise FadeInputError(f"{concepts[0]!r} is an {kind} concept of the embedded model, not {args.category}; drop --category or use {kind}")
     config = config_from(args)
     config.check()
     _whole(args.images, "--images", 1, "generations per concept for the figures; 200 gives steady figures")

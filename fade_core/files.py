@@ -189,11 +189,11 @@ def read_safetensors_metadata(path: str | Path) -> dict[str, str]:
 
 def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     """Every tensor of a checked safetensors file; refuses one with NaN or infinite values."""
+    read_safetensors_header(path)  # before importing torch: a broken file is named at once
     import torch
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    read_safetensors_header(path)
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as error:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -33,6 +34,16 @@ def kohya_targets(module: nn.Module, prefix: str) -> dict[str, tuple[int, ...]]:
     }
 
 
+def kohya_text_encoder_targets(text_encoder: nn.Module, prefix: str = "lora_te_") -> dict[str, tuple[int, ...]]:
+    """Like :func:`kohya_targets` for a CLIP text encoder. kohya's keys name its layers as
+    transformers 4 did (``text_model.encoder.layers...``); where the module is laid out without
+    that level (transformers 5), both spellings are accepted."""
+    targets = kohya_targets(text_encoder, prefix)
+    if not any(key.startswith(prefix + "text_model_") for key in targets):
+        targets |= {prefix + "text_model_" + key[len(prefix):]: shape for key, shape in targets.items()}
+    return targets
+
+
 def kohya_modules(tensors: Mapping[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
     """The kohya-format LoRA modules in a file: {prefix: {part: tensor}}."""
     modules: dict[str, dict[str, torch.Tensor]] = {}
@@ -41,6 +52,21 @@ def kohya_modules(tensors: Mapping[str, torch.Tensor]) -> dict[str, dict[str, to
         if part in KOHYA_PARTS:
             modules.setdefault(prefix, {})[part] = value
     return modules
+
+
+# Parts of the key names of every weight-patch format that hosts read (kohya, peft/diffusers,
+# LoKr, LoHa, OFT, full and norm differences): a file with none of them is no LoRA at all.
+LORA_KEY = re.compile(r"(^|[._])(lora|lokr|hada|oft|boft)[._]|\.(diff|diff_b|set_weight|w_norm|b_norm|dora_scale)$")
+
+
+def require_lora(path: str | Path, tensors: Mapping[str, torch.Tensor]) -> None:
+    """Refuses a file none of whose tensors is a LoRA (or other weight-patch) weight."""
+    if not any(LORA_KEY.search(key) for key in tensors):
+        sample = next(iter(tensors), "nothing")
+        raise FadeInputError(
+            f"{Path(path).name} is not a LoRA: none of its {len(tensors)} tensors is a LoRA weight "
+            f"(the first is {sample!r}); choose a LoRA file, not a model or another kind of file"
+        )
 
 
 def check_lora(
@@ -53,12 +79,13 @@ def check_lora(
     the model's weight, and a file none of whose modules the model has (with ``every_module``,
     one that names any module the model lacks). ``model`` names the model in messages."""
     name = Path(path).name
+    require_lora(path, tensors)
     modules = kohya_modules(tensors)
     if not modules:
-        sample = next(iter(tensors), "nothing")
+        sample = next(iter(tensors))
         raise FadeInputError(
-            f"{name} is not a LoRA in kohya format: none of its {len(tensors)} tensors is a lora_down/lora_up weight "
-            f"(the first is {sample!r}); choose a LoRA file, not a model or another kind of file"
+            f"{name} is not a LoRA in kohya format (lora_down/lora_up weights; its first tensor is {sample!r}); "
+            "choose a LoRA exported in kohya format, such as FADE writes"
         )
     for prefix, parts in modules.items():
         missing = [p for p in ("lora_down.weight", "lora_up.weight") if p not in parts]

@@ -13,7 +13,7 @@ from comfy_api.latest import io, ui
 
 from ..fade_core.errors import FadeInputError
 from ..fade_core.files import load_safetensors, read_safetensors_metadata
-from ..fade_core.lora_file import base_model_problem, check_lora, kohya_modules
+from ..fade_core.lora_file import base_model_problem, check_lora, kohya_modules, require_lora
 from .host import base_family, lora_file
 from .sockets import CATEGORY
 
@@ -96,6 +96,7 @@ class FADEApplyErasedLoRA(io.ComfyNode):
             raise FadeInputError(f"{lora_name} may not suit this model: {problem}; set accept_other_base_model to apply it anyway")
         if problem:
             lines.append(f"warning: {problem}; applied anyway (accept_other_base_model)")
+        require_lora(path, lora)
         key_map, shapes = lora_targets(model, clip)
         if kohya_modules(lora):
             check_lora(path, lora, shapes, model=f"this {base_family(model)} model", every_module=False)
