@@ -50,7 +50,7 @@ class LoraOutput:
 
     @classmethod
     def named(cls, folder: str | Path, name: str, *, overwrite: bool = False,
-              names: tuple[str, str] = ("the output folder", "the file name")) -> LoraOutput:
+              names: tuple[str, str] = ("output folder", "file name")) -> LoraOutput:
         """``folder/name.safetensors``; an existing file there is refused unless ``overwrite``.
         ``names`` say how the user sets the folder and the name (for messages)."""
         check_folder(Path(folder), names[0])
@@ -68,7 +68,7 @@ class LoraOutput:
 
     @classmethod
     def numbered(cls, folder: str | Path, prefix: str, *,
-                 names: tuple[str, str] = ("the output folder", "the file name prefix")) -> LoraOutput:
+                 names: tuple[str, str] = ("output folder", "file name prefix")) -> LoraOutput:
         """``folder/<prefix>_00001.safetensors`` with the first number that no file, no variant
         (``-interrupted``, ``-diverged``) and no other run's reservation holds."""
         check_folder(Path(folder), names[0])
