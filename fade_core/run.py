@@ -15,7 +15,7 @@ rank against the chosen modules, and the disk space for the LoRA. Then:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 

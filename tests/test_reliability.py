@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from fade_core.cli import main
 from fade_core.config import FadeConfig

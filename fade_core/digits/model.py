@@ -12,7 +12,6 @@ The weights ship in ``weights/`` (float16, to stay small; they are loaded as flo
 from __future__ import annotations
 
 import functools
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -104,14 +103,6 @@ def load_pipeline(path: str | Path = MODEL_FILE) -> DigitsPipeline:
     pipeline.unet.eval().requires_grad_(False)
     pipeline.text_encoder.eval().requires_grad_(False)
     return pipeline
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def make_adapter(pipeline: DigitsPipeline) -> DiffusersAdapter:
