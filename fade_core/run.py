@@ -126,9 +126,12 @@ def erase_and_export(
 
 def _interrupted(trainer: FadeTrainer | None, config: FadeConfig, save) -> FadeInterrupted:
     if trainer is None or trainer.steps_done == 0:
-        where = "before training began" if trainer is None else (
-            f"in the adversary's warm-up ({len(trainer.history)} of {config.adversary_warmup} steps)"
-        )
+        if trainer is None:
+            where = "before training began"
+        elif len(trainer.history) < config.adversary_warmup:
+            where = f"in the adversary's warm-up ({len(trainer.history)} of {config.adversary_warmup} steps)"
+        else:
+            where = "in the first LoRA update"
         return FadeInterrupted(f"interrupted {where}, before the LoRA changed: no LoRA was saved")
     done = trainer.steps_done
     current = lora_state(trainer.adapter.denoiser)
