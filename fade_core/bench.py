@@ -25,6 +25,7 @@ import torch
 from .adapter import Conditioning, DenoiserAdapter
 from .attack import embedding_attack
 from .baselines import EsdConfig, UceConfig, applied, erase_esd, edit_uce
+from .bench_tasks import ABLATIONS_ON, task_concepts
 from .digits import data
 from .digits.judge import DigitsJudge, default_prompt_set
 from .digits.model import DEFAULT_GUIDANCE, DEFAULT_SAMPLING_STEPS, load_adapter
@@ -34,9 +35,6 @@ from .metrics import erasure_score
 from .saliency import compute_saliency
 from .sampling import initial_noise, sample
 
-METHODS = ("fade", "esd", "uce", "fade-no-adversary", "fade-no-preservation", "fade-no-saliency")
-DEFAULT_TASKS = ("three", "five", "eight", "bold", "inverted", "one+four+seven")
-ABLATIONS_ON = ("three", "five", "eight")  # the ablations run on the single-digit tasks
 # ESD's best of a sweep on digit five (eta 1 or 2, lr 3e-4 to 1e-3, 200 or 400 steps): higher rates
 # erase but break the styles, lower ones keep 30 % of the digit.
 ESD_SETTINGS = {"negative_guidance": 1.0, "learning_rate": 5e-4, "steps": 200}
@@ -83,10 +81,6 @@ class PeakMemory:
                 return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
         except OSError:
             return 0
-
-
-def task_concepts(task: str) -> list[str]:
-    return task.split("+")
 
 
 def unseen_prompts(concept: str) -> list[str]:

@@ -5,37 +5,50 @@
     python -m fade_core sample --prompt "a bold 3" --lora outputs/fade-three.safetensors --out grid.png
 
 Files are written under --output-dir (default ./outputs); a name that would land outside it is
-refused.
+refused, and an existing file is replaced only with --overwrite.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 
-import torch
-from tqdm import tqdm
+# Only light modules at the top: --help and bad arguments are answered without importing torch.
+from .bench_tasks import DEFAULT_TASKS, METHODS, task_concepts
+from .config import MAX_SEED, FadeConfig, flags
+from .errors import FadeExportError, FadeInputError, FadeInterrupted, FadeTrainingError
 
-from .errors import FadeInputError, FadeTrainingError
+OUTPUT_NAMES = ("--output-dir", "--out")
+ACCEPT_FLAG = "--accept-other-base-model"
+
+
+def require(condition: bool, message: str) -> None:
+    if not condition:
+        raise FadeInputError(message)
+
+
+def _whole(value: int, flag: str, low: int, example: str) -> None:
+    require(low <= value, f"{flag} is {value}; use {low} or more ({example})")
+
+
+def _seed(value: int) -> None:
+    require(0 <= value <= MAX_SEED, f"--seed is {value}; use a whole number from 0 to {MAX_SEED}")
+
+
+def _guidance(value: float | None) -> None:
+    if value is not None:
+        require(math.isfinite(value) and value >= 0, f"--guidance is {value}; use a finite CFG scale of 0 or more (usually 1 to 10)")
 
 
 def _concepts(text: str) -> list[str]:
-    from .digits.judge import check_concepts
+    from .digits.vocabulary import check_concepts
 
     return check_concepts(text.split(","))
-
-
-def _load_adapter(lora: str | None):
-    from .digits.model import load_pipeline, make_adapter
-    from .files import load_safetensors
-
-    pipeline = load_pipeline()
-    if lora:
-        pipeline.load_lora_weights(load_safetensors(lora))
-    return make_adapter(pipeline)
 
 
 def _format_scores(label: str, scores: dict) -> str:
@@ -47,45 +60,93 @@ def _format_scores(label: str, scores: dict) -> str:
     )
 
 
+# -- LoRA files given to evaluate and sample ----------------------------------------------------------
+
+
+def _read_lora(path: str):
+    """The LoRA's tensors and metadata, the file checked before any model is loaded."""
+    from .files import load_safetensors, read_safetensors_metadata
+
+    return load_safetensors(path), read_safetensors_metadata(path)
+
+
+def _adapter_with_lora(path: str | None, lora=None, accept_other_base: bool = False):
+    """The embedded model, with the LoRA at ``path`` (read by :func:`_read_lora`) if given: its keys,
+    shapes and base model checked against the model before it is applied."""
+    from .digits.model import MODEL_NAME, load_pipeline, make_adapter
+    from .lora_file import base_model_problem, check_lora, kohya_targets, kohya_text_encoder_targets
+
+    pipeline = load_pipeline()
+    if path:
+        tensors, metadata = lora
+        modules = dict(pipeline.unet.named_modules())
+        problem = base_model_problem(
+            metadata, MODEL_NAME, lambda name: getattr(modules.get(name), "weight", None)
+        )
+        if problem and not accept_other_base:
+            raise FadeInputError(f"{Path(path).name} may not suit the embedded model: {problem}; pass {ACCEPT_FLAG} to use it anyway")
+        if problem:
+            print(f"warning: {Path(path).name} may not suit the embedded model: {problem}; used anyway ({ACCEPT_FLAG})", file=sys.stderr)
+        targets = kohya_targets(pipeline.unet, "lora_unet_") | kohya_text_encoder_targets(pipeline.text_encoder)
+        check_lora(path, tensors, targets, model=f"the embedded model {MODEL_NAME}")
+        pipeline.load_lora_weights(dict(tensors))
+    return make_adapter(pipeline)
+
+
+# -- erase ----------------------------------------------------------------------------------------
+
+
+def config_from(args: argparse.Namespace) -> FadeConfig:
+    """The FadeConfig that ``erase``'s flags describe (every field with a flag; alpha = rank)."""
+    values = {name: getattr(args, name) for name in flags()}
+    return FadeConfig(**values, lora_alpha=float(values["lora_rank"]))
+
+
 def cmd_erase(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
+    from .digits.vocabulary import concept_kind, default_prompt_set
+    from .outputs import LoraOutput
+    from .prompts import parse_synonyms
 
-    from .digits.judge import DigitsJudge, default_prompt_set
-    from .digits.model import MODEL_FILE, file_sha256
-    from .fade import FadeConfig, FadeTrainer
-    from .files import path_inside
-    from .lora import export_lora, library_versions
-    from .saliency import compute_saliency
-
+    # Everything the user gave is checked, and the output reserved, before any model is loaded.
     concepts = _concepts(args.concept)
-    from .digits.data import concept_kind
-
     kind = concept_kind(concepts[0])
     if args.category and args.category != kind:
-        raise FadeInputError(f"{concepts[0]!r} is a {kind} concept of the embedded model, not {args.category}; drop --category or use {kind}")
-    out = path_inside(args.output_dir, args.out or f"fade-{'-'.join(concepts)}")
+        raise FadeInputError(f"{concepts[0]!r} is an {kind} concept of the embedded model, not {args.category}; drop --category or use {kind}")
+    config = config_from(args)
+    config.check()
+    _whole(args.images, "--images", 1, "generations per concept for the figures; 200 gives steady figures")
+    _whole(args.prompts, "--prompts", 2, "prompt pairs per concept; one of them is held out for validation")
+    if args.top_k is not None:
+        _whole(args.top_k, "--top-k", 1, "the number of modules that receive the LoRA")
+    if args.mass is not None:
+        require(math.isfinite(args.mass) and 0 < args.mass <= 1, f"--mass is {args.mass}; use a share of the saliency in (0, 1], such as 0.9")
     synonyms = None
     if args.synonyms is not None:
-        synonyms = {c: [s for s in args.synonyms.split(",") if s.strip()] for c in concepts}
+        synonyms = {c: [] for c in concepts} | parse_synonyms(args.synonyms, concepts)
     prompt_set = default_prompt_set(concepts, num_prompts=args.prompts, seed=args.seed, synonyms=synonyms)
-    config = FadeConfig(
-        steps=args.steps,
-        lora_rank=args.rank,
-        lora_alpha=float(args.rank),
-        learning_rate=args.lr,
-        preservation_weight=args.preservation_weight,
-        t0_fraction=args.t0,
-        guidance=args.guidance,
-        seed=args.seed,
-    )
+    name = args.out or f"fade-{'-'.join(concepts)}"
+    with LoraOutput.named(args.output_dir, name, overwrite=args.overwrite, names=OUTPUT_NAMES) as output:
+        return _erase(args, concepts, prompt_set, config, output)
+
+
+def _erase(args, concepts, prompt_set, config, output) -> int:
+    from dataclasses import asdict
+
+    from tqdm import tqdm
+
+    from .digits.judge import DigitsJudge
+    from .digits.model import MODEL_NAME, load_adapter
+    from .run import check_rank, erase_and_export
+    from .saliency import compute_saliency
+
     started = time.time()
-    adapter = _load_adapter(None)
+    adapter = load_adapter()
+    mass = None if args.top_k else (1.0 if args.mass is None else args.mass)
+    saliency = compute_saliency(adapter, prompt_set, top_k=args.top_k, mass_fraction=mass, family=args.family, seed=args.seed)
+    check_rank(adapter, saliency.selected, config.lora_rank)  # before the figures, which take a while
     judge = DigitsJudge(seed=args.seed, concept_images=args.images)
     before = judge.measure(adapter, concepts)
     print(_format_scores("before", before.with_h(before)), flush=True)
-
-    mass = None if args.top_k else (1.0 if args.mass is None else args.mass)
-    saliency = compute_saliency(adapter, prompt_set, top_k=args.top_k, mass_fraction=mass, family=args.family, seed=args.seed)
     print(saliency.summary(limit=10), flush=True)
     bar = tqdm(total=config.adversary_warmup + config.steps, desc="FADE", disable=args.quiet)
 
@@ -98,49 +159,56 @@ def cmd_erase(args: argparse.Namespace) -> int:
             postfix["D_val"] = f"{report.validation_accuracy:.2f}"
         bar.set_postfix(postfix, refresh=False)
 
-    trainer = FadeTrainer(adapter, prompt_set, saliency.selected, config, callback=on_step)
-    metadata_base = {
-        "fade_base_model": adapter.model_name,
-        "fade_base_model_sha256": file_sha256(MODEL_FILE),
-        "fade_versions": library_versions(),
-    }
     try:
-        result = trainer.run()
-    except KeyboardInterrupt:
+        erasure = erase_and_export(adapter, prompt_set, saliency.selected, config, output, base_model=MODEL_NAME, callback=on_step)
+    finally:
         bar.close()
-        partial = out.with_name(out.stem + "-interrupted.safetensors")
-        export_lora(adapter, partial, metadata_base | {"fade_status": "interrupted", "fade_concepts": concepts}, state=trainer.last_good)
-        print(f"interrupted: the last good LoRA is in {partial}", file=sys.stderr)
-        return 130
-    bar.close()
-    metadata = metadata_base | result.metadata(prompt_set, config, saliency.selected) | {"fade_status": "complete"}
-    export_lora(adapter, out, metadata)
+    result = erasure.result
     after = judge.measure(adapter, concepts)
     print(_format_scores("after", after.with_h(before)))
     print(
         f"adversary accuracy on validation pairs {result.validation_accuracy:.3f} (TV bound {result.tv_bound:.3f}), "
         f"{result.steps_done} steps{' (stopped at chance)' if result.stopped_at_chance else ''}; "
-        f"LoRA written to {out}; {time.time() - started:.0f} s in all"
+        f"LoRA written to {erasure.path}; {time.time() - started:.0f} s in all"
     )
     if args.json:
-        print(json.dumps({"before": before.with_h(before), "after": after.with_h(before), "lora": str(out),
+        print(json.dumps({"before": before.with_h(before), "after": after.with_h(before), "lora": str(erasure.path),
                           "config": asdict(config), "seconds": time.time() - started}, indent=1))
     return 0
 
 
+# -- evaluate, sample, bench --------------------------------------------------------------------------
+
+
+def _read_prompts(path: str) -> list[str]:
+    file = Path(path)
+    require(file.is_file(), f"no prompt file at {file}; give a text file with one prompt per line")
+    try:
+        text = file.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise FadeInputError(f"{file} is not a UTF-8 text file; give a text file with one prompt per line") from None
+    prompts = [line.strip() for line in text.splitlines() if line.strip()]
+    require(bool(prompts), f"{file} holds no prompts; write one prompt per line")
+    return prompts
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .digits.judge import DigitsJudge
+    from .digits.vocabulary import eraser_synonyms, held_out_synonyms
+    from .prompts import require_mentions
 
     concepts = _concepts(args.concept)
-    prompts = None
-    if args.prompts:
-        path = Path(args.prompts)
-        if not path.is_file():
-            raise FadeInputError(f"no prompt file at {path}; give a text file with one prompt per line")
-        prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    _whole(args.images, "--images", 1, "generations per concept; 200 gives steady figures")
+    _seed(args.seed)
+    prompts = _read_prompts(args.prompts) if args.prompts else None
+    for concept in concepts if prompts else ():
+        require_mentions(prompts, [concept, *eraser_synonyms(concept), *held_out_synonyms(concept)], repr(concept))
+    lora = _read_lora(args.lora) if args.lora else None
+    from .digits.judge import DigitsJudge
+
+    with_lora = _adapter_with_lora(args.lora, lora, args.accept_other_base_model) if args.lora else None
     judge = DigitsJudge(seed=args.seed, concept_images=args.images)
-    base = judge.measure(_load_adapter(None), concepts, prompts)
-    scores = base if not args.lora else judge.measure(_load_adapter(args.lora), concepts, prompts)
+    base = judge.measure(_adapter_with_lora(None), concepts, prompts)
+    scores = base if with_lora is None else judge.measure(with_lora, concepts, prompts)
     report = scores.with_h(base)
     if args.json:
         print(json.dumps(report, indent=1))
@@ -152,39 +220,57 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    from .files import atomic_write, path_inside
+    from .outputs import check_folder
+
+    _whole(args.n, "--n", 1, "the number of samples in the grid")
+    _whole(args.nrow, "--nrow", 1, "samples per row of the grid")
+    _guidance(args.guidance)
+    _seed(args.seed)
+    require(bool(args.prompt.strip()), "--prompt is empty; give a prompt such as 'a bold 3'")
+    check_folder(Path(args.output_dir), "--output-dir")
+    out = path_inside(args.output_dir, args.out, suffix=".png", setting="--out")
+    require(not out.is_dir(), f"{out} is a folder; choose another --out")
+    require(args.overwrite or not out.exists(), f"{out} already exists; choose another --out, or pass --overwrite to replace it")
+    lora = _read_lora(args.lora) if args.lora else None
+
+    import torch
     from torchvision.utils import make_grid, save_image
 
     from .digits.model import DEFAULT_GUIDANCE, DEFAULT_SAMPLING_STEPS
-    from .files import atomic_write, path_inside
     from .sampling import generate
 
-    out = path_inside(args.output_dir, args.out, suffix=".png")
-    adapter = _load_adapter(args.lora)
-    prompts = [args.prompt] * args.n
+    adapter = _adapter_with_lora(args.lora, lora, args.accept_other_base_model)
     samples = generate(
-        adapter, prompts, seed=args.seed, num_steps=DEFAULT_SAMPLING_STEPS,
+        adapter, [args.prompt] * args.n, seed=args.seed, num_steps=DEFAULT_SAMPLING_STEPS,
         guidance=args.guidance if args.guidance is not None else DEFAULT_GUIDANCE,
     )
+    require(bool(torch.isfinite(samples).all()), "the samples are not finite; lower --guidance")
     images = adapter.to_images(samples)
     grid = make_grid(torch.nn.functional.interpolate(images, scale_factor=8, mode="nearest"), nrow=args.nrow, padding=4, pad_value=0.5)
-    atomic_write(out, lambda temporary: save_image(grid, temporary, format="png"))
+    atomic_write(out, lambda temporary: save_image(grid, temporary, format="png"), replace=args.overwrite)
     print(f"{args.n} samples of {args.prompt!r} written to {out}")
     return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from . import bench
     from .files import path_inside
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in bench.METHODS]
-    if unknown:
-        raise FadeInputError(f"unknown methods {unknown}; choose from {', '.join(bench.METHODS)}")
+    unknown = [m for m in methods if m not in METHODS]
+    require(not unknown, f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+    require(bool(methods), f"--methods is empty; choose from {', '.join(METHODS)}")
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    require(bool(tasks), "--tasks is empty; give tasks such as three,bold,one+four+seven")
     for task in tasks:
-        _concepts(task.replace("+", ","))
+        _concepts(",".join(task_concepts(task)))
+    _whole(args.images, "--images", 1, "generations per concept and measurement; 200 gives steady figures")
+    _whole(args.attack_steps, "--attack-steps", 0, "0 runs no attack")
+    _seed(args.seed)
     root = Path.cwd()
     paths = [path_inside(root, name, suffix) for name, suffix in ((args.json, ".json"), (args.plot, ".png"), (args.markdown, ".md"))]
+    from . import bench
+
     command = (f"python -m fade_core bench --methods {','.join(methods)} --tasks {','.join(tasks)} "
                f"--images {args.images} --attack-steps {args.attack_steps} --seed {args.seed}")
     results = bench.run(tasks, methods, images=args.images, attack_steps=args.attack_steps, seed=args.seed)
@@ -193,27 +279,33 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from .fade import FadeConfig
+# -- the parser -----------------------------------------------------------------------------------
 
-    defaults = FadeConfig()
-    parser = argparse.ArgumentParser(prog="python -m fade_core", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line like every other error of the command line."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message}; see {self.prog} --help\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="python -m fade_core", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default="outputs", help="folder that every written file stays inside (default: outputs)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     erase = sub.add_parser("erase", help="erase a concept from the embedded model and write the LoRA")
     erase.add_argument("--concept", required=True, help="a digit (zero .. nine) or style (bold, thin, inverted, slanted); several with commas")
-    erase.add_argument("--synonyms", help="comma-separated synonyms (default: the numeral, or the style's second word)")
+    erase.add_argument("--synonyms", help="other names of the concept, erased too (default: the numeral, or the style's second word); "
+                                          "with several concepts 'three: 3, iii; five: 5'")
     erase.add_argument("--category", choices=("object", "celebrity", "explicit", "style"), help="checked against the concept")
-    erase.add_argument("--steps", type=int, default=defaults.steps, help="LoRA updates (training stops earlier once the adversary is at chance)")
     erase.add_argument("--out", help="LoRA file name inside --output-dir (default fade-<concept>.safetensors)")
-    erase.add_argument("--rank", type=int, default=defaults.lora_rank)
-    erase.add_argument("--lr", type=float, default=defaults.learning_rate, help="LoRA learning rate")
-    erase.add_argument("--lambda", dest="preservation_weight", type=float, default=defaults.preservation_weight,
-                       help="preservation weight")
-    erase.add_argument("--t0", type=float, default=defaults.t0_fraction,
-                       help="share of sampling steps, counted from pure noise, whose neutral predictions L_pres keeps")
-    erase.add_argument("--guidance", type=float, default=defaults.guidance)
+    erase.add_argument("--overwrite", action="store_true", help="replace an existing file of that name")
+    for setting in fields(FadeConfig):
+        flag = setting.metadata.get("flag")
+        if flag:
+            erase.add_argument(flag, dest=setting.name, type=type(setting.default), default=setting.default,
+                               help=f"{setting.metadata.get('help') or setting.name} (default %(default)s)")
     erase.add_argument("--family", default="cross_attention", choices=("cross_attention", "attention", "all"),
                        help="modules that saliency ranks (default: the text-reading cross-attention projections)")
     budget = erase.add_mutually_exclusive_group()
@@ -221,7 +313,6 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--mass", type=float, help="the fewest modules holding this share of the saliency (default 1.0)")
     erase.add_argument("--images", type=int, default=200, help="generations per concept for the before/after figures")
     erase.add_argument("--prompts", type=int, default=48, help="prompt pairs per concept")
-    erase.add_argument("--seed", type=int, default=0)
     erase.add_argument("--json", action="store_true", help="also print the figures as JSON")
     erase.add_argument("--quiet", action="store_true", help="no progress bar")
     erase.set_defaults(run=cmd_erase)
@@ -229,6 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="Acc, FID-proxy, CLIP-proxy and H of the embedded model, with or without a LoRA")
     evaluate.add_argument("--concept", required=True)
     evaluate.add_argument("--lora", help="an erased-concept LoRA (.safetensors)")
+    evaluate.add_argument(ACCEPT_FLAG, action="store_true", help="apply a LoRA made for another base model anyway")
     evaluate.add_argument("--prompts", help="a text file, one prompt per line, for the concept's Acc")
     evaluate.add_argument("--images", type=int, default=200, help="generations per concept")
     evaluate.add_argument("--seed", type=int, default=0)
@@ -238,18 +330,18 @@ def build_parser() -> argparse.ArgumentParser:
     sample = sub.add_parser("sample", help="an image grid for one prompt")
     sample.add_argument("--prompt", required=True)
     sample.add_argument("--lora")
+    sample.add_argument(ACCEPT_FLAG, action="store_true", help="apply a LoRA made for another base model anyway")
     sample.add_argument("--out", default="grid.png", help="PNG file name inside --output-dir")
+    sample.add_argument("--overwrite", action="store_true", help="replace an existing file of that name")
     sample.add_argument("--n", type=int, default=16)
     sample.add_argument("--nrow", type=int, default=8)
     sample.add_argument("--guidance", type=float)
     sample.add_argument("--seed", type=int, default=0)
     sample.set_defaults(run=cmd_sample)
 
-    from . import bench
-
     benchmark = sub.add_parser("bench", help="FADE, its ablations, ESD and UCE on the same tasks; writes BENCHMARKS.md, JSON and a plot")
-    benchmark.add_argument("--methods", default=",".join(bench.METHODS), help="comma-separated, from: " + ", ".join(bench.METHODS))
-    benchmark.add_argument("--tasks", default=",".join(bench.DEFAULT_TASKS),
+    benchmark.add_argument("--methods", default=",".join(METHODS), help="comma-separated, from: " + ", ".join(METHODS))
+    benchmark.add_argument("--tasks", default=",".join(DEFAULT_TASKS),
                            help="comma-separated tasks; concepts erased together are joined by + (e.g. one+four+seven)")
     benchmark.add_argument("--images", type=int, default=200, help="generations per concept and measurement")
     benchmark.add_argument("--attack-steps", type=int, default=100, help="optimisation steps of the embedding attack (0: none)")
@@ -261,11 +353,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _fail(error: BaseException | str) -> None:
+    print("error: " + " ".join(str(error).split()), file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     try:
         return args.run(args)
-    except (FadeInputError, FadeTrainingError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except FadeInterrupted as stop:
+        _fail(stop)
+        return 130
+    except KeyboardInterrupt:
+        _fail("interrupted; no file was left half-written")
+        return 130
+    except (FadeInputError, FadeTrainingError, FadeExportError) as error:
+        _fail(error)
+        return 2
+    except OSError as error:  # a disk or permission fault the checks could not foresee
+        where = f" ({error.filename})" if error.filename else ""
+        _fail(f"{error.strerror or error}{where}; check the path, its permissions and the free space")
         return 2

@@ -31,6 +31,7 @@ same loop with the model updates switched off.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -42,65 +43,12 @@ from torch.nn import functional as F
 
 from .adapter import Conditioning, DenoiserAdapter
 from .adversary import build_adversary
+from .config import FadeConfig, setting_name
 from .errors import FadeInputError, FadeTrainingError
 from .lora import attach_lora, lora_disabled, lora_state, tv_bound
 from .prompts import PromptPair, PromptSet
 from .robust import AdversarialConditionings
 from .sampling import ddim_step, initial_noise, preservation_steps, sample, trajectory_states
-
-
-@dataclass
-class FadeConfig:
-    steps: int = 300  # N: LoRA updates after the warm-up
-    adversary_warmup: int = 60  # D updates on the base model's own samples before the LoRA moves
-    batch_size: int = 12  # prompt pairs per step
-    lora_rank: int = 4
-    lora_alpha: float = 4.0
-    learning_rate: float = 4e-3  # LoRA
-    adversary_learning_rate: float = 1e-3
-    replay_size: int = 512  # earlier samples that D keeps training on (0: none)
-    preservation_weight: float = 20.0  # lambda
-    t0_fraction: float = 0.5  # L_pres on this share of the sampling steps, from the noisy end
-    guidance: float = 2.0  # omega, for every sample and prediction in the loop
-    sampling_steps: int = 10  # length of the trajectories the loop samples
-    adversary: str = "latent"  # "latent" or "clip"
-    removal: str = "adversary"  # L_rem; "l2" is the paper's Table 2 ablation (no adversary in the loss)
-    validate_every: int = 50
-    validation_repeats: int = 2  # samples per validation pair
-    stop_accuracy: float = 0.55  # D's validation accuracy counted as chance
-    stop_patience: int = 2  # consecutive validations at chance before stopping
-    seed: int = 0
-    # Robust FADE (fade_core/robust.py): adversarial conditionings in the loop. 0 turns it off.
-    robust_every: int = 0  # steps between rounds of the inner attack
-    robust_attack_steps: int = 10  # Adam steps of each round
-    robust_warmup_steps: int = 50  # Adam steps of the first round, against the base model
-    robust_bank_size: int = 16  # soft conditionings kept
-    robust_share: float = 0.5  # share of concept trajectories started from the bank
-    robust_refresh: float = 0.25  # share of the bank started afresh every round
-    robust_attack_lr: float = 1e-2
-    robust_targets: int = 64  # the base model's samples of each concept: the attack's targets
-    robust_anchor_weight: float = 0.0  # weight of the bank's anchor loss (robust.py); 0: L_rem only
-
-    def check(self) -> None:
-        positive = ("steps", "batch_size", "lora_rank", "sampling_steps", "validate_every", "validation_repeats", "stop_patience")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise FadeInputError(f"{name} is {getattr(self, name)}; it must be at least 1")
-        if self.adversary_warmup < 0:
-            raise FadeInputError("adversary_warmup must be 0 or more")
-        if self.learning_rate <= 0 or self.adversary_learning_rate <= 0:
-            raise FadeInputError("learning rates must be positive")
-        if self.preservation_weight < 0:
-            raise FadeInputError("preservation_weight (lambda) must be 0 or more")
-        if not 0.0 < self.t0_fraction <= 1.0:
-            raise FadeInputError(
-                f"t0_fraction is {self.t0_fraction}; it is the share of sampling steps, from pure noise, "
-                "whose neutral predictions are preserved, so it must be in (0, 1]"
-            )
-        if self.removal not in ("adversary", "l2"):
-            raise FadeInputError(f"removal is {self.removal!r}; use 'adversary' (FADE) or 'l2' (the ablation)")
-        if not 0.5 <= self.stop_accuracy <= 1.0:
-            raise FadeInputError("stop_accuracy must be between 0.5 (chance) and 1")
 
 
 @dataclass
@@ -131,26 +79,41 @@ class FadeResult:
     def tv_bound(self) -> float:
         return tv_bound(self.validation_accuracy)
 
-    def metadata(self, prompt_set: PromptSet, config: FadeConfig, saliency_modules: Sequence[str]) -> dict[str, object]:
-        """What an exported LoRA records about how it was made."""
-        return {
-            "fade_method": "FADE",
-            "fade_concepts": prompt_set.concepts,
-            "fade_category": prompt_set.category,
-            "fade_synonyms": prompt_set.synonyms,
-            "fade_hyperparameters": asdict(config),
-            "fade_modules": list(saliency_modules),
-            "fade_steps_done": self.steps_done,
-            "fade_final_adversary_accuracy": round(self.validation_accuracy, 4),
-            "fade_tv_bound": round(self.tv_bound, 4),
-            "fade_tv_bound_note": "TV <= 2a - 1 holds for a Bayes-optimal adversary of accuracy a (paper section 5)",
-            "fade_stopped_at_chance": self.stopped_at_chance,
-        }
+
+
+def erasure_metadata(
+    prompt_set: PromptSet,
+    config: FadeConfig,
+    modules: Sequence[str],
+    *,
+    status: str,
+    steps_done: int,
+    validation_accuracy: float | None,
+    stopped_at_chance: bool = False,
+) -> dict[str, object]:
+    """What an exported LoRA records about how it was made: the same record for a complete,
+    an interrupted and a diverged run, ``status`` telling them apart."""
+    validated = validation_accuracy is not None and math.isfinite(validation_accuracy)
+    return {
+        "fade_method": "FADE",
+        "fade_status": status,
+        "fade_concepts": prompt_set.concepts,
+        "fade_category": prompt_set.category,
+        "fade_synonyms": prompt_set.synonyms,
+        "fade_hyperparameters": asdict(config),
+        "fade_modules": list(modules),
+        "fade_steps_done": steps_done,
+        "fade_final_adversary_accuracy": round(validation_accuracy, 4) if validated else None,
+        "fade_tv_bound": round(tv_bound(validation_accuracy), 4) if validated else None,
+        "fade_tv_bound_note": "TV <= 2a - 1 holds for a Bayes-optimal adversary of accuracy a (paper section 5)",
+        "fade_stopped_at_chance": stopped_at_chance,
+    }
 
 
 class FadeTrainer:
-    """Runs Algorithm 1. ``last_good`` always holds the newest LoRA weights known to be finite,
-    so a caller can save them when the run is interrupted or fails."""
+    """Runs Algorithm 1. ``last_good`` holds the LoRA weights of the newest validation (after
+    ``last_good_step`` LoRA updates; 0 until the first validation, when there are none yet), so a
+    caller can save them when the run fails. ``steps_done`` counts the LoRA updates made so far."""
 
     def __init__(
         self,
@@ -185,7 +148,10 @@ class FadeTrainer:
         )
         self.levels = adapter.noise_levels(self.config.sampling_steps)
         self.preserved_steps = len(preservation_steps(self.config.sampling_steps, self.config.t0_fraction))
-        self.last_good = lora_state(adapter.denoiser)
+        self.last_good: dict[str, torch.Tensor] = {}
+        self.last_good_step = 0
+        self.last_validation_accuracy: float | None = None
+        self.steps_done = 0
         # Lines 1-2: the prompt sets, encoded once (the text encoder never changes).
         self.train_pairs = prompt_set.pairs("train")
         self._concept_cond = adapter.encode([p.concept_prompt for p in self.train_pairs])
@@ -218,9 +184,11 @@ class FadeTrainer:
             if self.adversarial is not None and steps_done % cfg.robust_every == 0:
                 self.adversarial.attack(cfg.robust_attack_steps)  # robust extension
             report = self._step(cfg.adversary_warmup + steps_done, training=True)
+            self.steps_done = steps_done
             if steps_done % cfg.validate_every == 0 or steps_done == cfg.steps:
                 validation_accuracy = report.validation_accuracy = self.validation_accuracy()
                 self.last_good = lora_state(self.adapter.denoiser)
+                self.last_good_step, self.last_validation_accuracy = steps_done, validation_accuracy
                 at_chance = at_chance + 1 if validation_accuracy <= cfg.stop_accuracy else 0
             self._report(report)
             if at_chance >= cfg.stop_patience:
@@ -274,8 +242,9 @@ class FadeTrainer:
                 loss = loss + cfg.robust_anchor_weight * self.adversarial.anchor_loss(len(heads), self._anchors)
             if not torch.isfinite(loss):
                 raise FadeTrainingError(
-                    f"the loss became {loss.item()} at step {step} (removal {loss_removal.item()}, preservation "
-                    f"{loss_preservation.item()}); lower the learning rate or the guidance. The last good LoRA is kept."
+                    f"the loss became {loss.item()} at LoRA update {step - cfg.adversary_warmup} (removal {loss_removal.item():.4g}, preservation "
+                    f"{loss_preservation.item():.4g}); lower {setting_name('learning_rate')} "
+                    f"(now {cfg.learning_rate:g}) or {setting_name('guidance')} (now {cfg.guidance:g})"
                 )
             # Line 9: the optimiser holds only the LoRA on the salient modules.
             self.model_optimizer.zero_grad(set_to_none=True)
@@ -302,7 +271,22 @@ class FadeTrainer:
         targets = torch.cat([torch.ones(len(x_c)), torch.zeros(len(x_notc))])
         loss = F.binary_cross_entropy_with_logits(logits, targets)
         if not torch.isfinite(loss):
-            raise FadeTrainingError(f"the adversary's loss became {loss.item()}; lower adversary_learning_rate")
+            cfg = self.config
+            if not (torch.isfinite(x_c).all() and torch.isfinite(x_notc).all()):
+                if self.steps_done == 0:  # the LoRA has not moved: the base model's guided samples overflow
+                    raise FadeTrainingError(
+                        f"the base model's samples are not finite at {setting_name('guidance')} {cfg.guidance:g}; "
+                        "lower it (1 to 10 is usual)"
+                    )
+                raise FadeTrainingError(
+                    f"the model's samples became non-finite after {self.steps_done} LoRA updates; lower "
+                    f"{setting_name('learning_rate')} (now {cfg.learning_rate:g}) or {setting_name('guidance')} "
+                    f"(now {cfg.guidance:g})"
+                )
+            raise FadeTrainingError(
+                f"the adversary's loss became {loss.item()} on finite samples; lower "
+                f"{setting_name('adversary_learning_rate')} (now {cfg.adversary_learning_rate:g})"
+            )
         self.adversary_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.adversary_optimizer.step()
@@ -357,6 +341,12 @@ class FadeTrainer:
         concept, neutral, heads, noise = self._validation
         cond = Conditioning.cat([concept, neutral])
         samples = sample(self.adapter, cond, torch.cat([noise, noise]), num_steps=self.config.sampling_steps, guidance=self.config.guidance)
+        if not torch.isfinite(samples).all():
+            cfg = self.config
+            raise FadeTrainingError(
+                f"the model's samples became non-finite after {self.steps_done} LoRA updates; lower "
+                f"{setting_name('learning_rate')} (now {cfg.learning_rate:g}) or {setting_name('guidance')} (now {cfg.guidance:g})"
+            )
         mode = adversary.training
         adversary.eval()
         logits = adversary(samples).gather(1, torch.cat([heads, heads])[:, None]).squeeze(1)

@@ -117,13 +117,11 @@ def tv_bound(adversary_accuracy: float) -> float:
     return abs(2.0 * adversary_accuracy - 1.0)
 
 
-def export_lora(
-    adapter: DenoiserAdapter,
-    path: str | Path,
-    metadata: Mapping[str, object],
-    state: Mapping[str, torch.Tensor] | None = None,
-) -> Path:
-    """Writes the LoRA atomically. ``metadata`` values that are not strings are stored as JSON."""
+def lora_file_contents(
+    adapter: DenoiserAdapter, metadata: Mapping[str, object], state: Mapping[str, torch.Tensor] | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The kohya tensors and the safetensors header of the LoRA. ``metadata`` values that are not
+    strings are stored as JSON."""
     tensors = kohya_state_dict(adapter, state)
     if not tensors:
         raise FadeInputError("there is no LoRA to export: train first")
@@ -136,6 +134,17 @@ def export_lora(
         "ss_base_model_version": adapter.model_name,
     }
     header |= {key: value if isinstance(value, str) else json.dumps(value) for key, value in metadata.items()}
+    return tensors, header
+
+
+def export_lora(
+    adapter: DenoiserAdapter,
+    path: str | Path,
+    metadata: Mapping[str, object],
+    state: Mapping[str, torch.Tensor] | None = None,
+) -> Path:
+    """Writes the LoRA atomically (replacing a file of that name: see fade_core.outputs for runs)."""
+    tensors, header = lora_file_contents(adapter, metadata, state)
     return save_safetensors(tensors, path, header)
 
 

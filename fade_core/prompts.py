@@ -178,8 +178,13 @@ def build_prompt_set(
     concepts = [c.strip() for c in concepts]
     if not concepts or any(not c for c in concepts):
         raise FadeInputError("the concept is empty; name what to erase, e.g. 'airplane' (separate several with commas)")
-    if len(set(concepts)) != len(concepts):
-        raise FadeInputError(f"a concept is named twice in {concepts}; name each concept once")
+    seen: dict[str, str] = {}
+    for concept in concepts:  # prompts read "Airplane" and "airplane" alike
+        if concept.casefold() in seen:
+            raise FadeInputError(
+                f"{seen[concept.casefold()]!r} and {concept!r} name the same concept (names ignore case); name each concept once"
+            )
+        seen[concept.casefold()] = concept
     if category not in CATEGORIES:
         raise FadeInputError(f"unknown category {category!r}; choose one of {', '.join(CATEGORIES)}")
     if num_prompts < 2:
@@ -188,7 +193,7 @@ def build_prompt_set(
         raise FadeInputError(f"validation_fraction is {validation_fraction}; it must lie strictly between 0 and 1")
     templates = tuple(templates) if templates is not None else DEFAULT_TEMPLATES[category]
     _check_templates(templates)
-    synonyms = {c: [s.strip() for s in (synonyms or {}).get(c, ()) if s.strip()] for c in concepts}
+    synonyms = {c: _distinct(c, (synonyms or {}).get(c, ())) for c in concepts}
     every_trigger = [t for c in concepts for t in (c, *synonyms[c])]
 
     rng = random.Random(seed)
@@ -197,8 +202,14 @@ def build_prompt_set(
         neutral_words = _neutral_words(neutral, concept, category)
         clashes = [w for w in neutral_words if w and mentions(w, every_trigger)]
         if clashes:
+            named = [t for t in every_trigger if any(mentions(w, [t]) for w in clashes)]
+            if set(named) & set(concepts):
+                raise FadeInputError(
+                    f"the neutral word(s) {clashes} name a concept being erased; choose neutral words without it"
+                )
             raise FadeInputError(
-                f"the neutral word(s) {clashes} name a concept being erased; choose neutral words without it"
+                f"the synonym(s) {named} are also neutral words that replace the concept in the neutral prompts "
+                f"({', '.join(w for w in neutral_words if w)}); remove them from the synonyms or choose other neutral words"
             )
         combos = list(itertools.product(templates, (concept, *synonyms[concept]), neutral_words))
         rng.shuffle(combos)
@@ -211,6 +222,44 @@ def build_prompt_set(
         validation += pairs[:n_validation]
         train += pairs[n_validation:]
     return PromptSet(list(concepts), category, train, validation, synonyms, seed)
+
+
+def _distinct(concept: str, words: Sequence[str]) -> list[str]:
+    """Synonyms once each and without the concept itself, ignoring case."""
+    kept, seen = [], {concept.casefold()}
+    for word in (w.strip() for w in words):
+        if word and word.casefold() not in seen:
+            seen.add(word.casefold())
+            kept.append(word)
+    return kept
+
+
+def parse_synonyms(text: str, concepts: Sequence[str]) -> dict[str, list[str]]:
+    """``concept: synonym, synonym`` entries, one per line or separated by ``;``. With a single
+    concept the ``concept:`` may be left out. Concept names match ignoring case."""
+    if not concepts:
+        raise FadeInputError("synonyms are given but the concept is empty; name what to erase first")
+    by_name = {c.casefold(): c for c in concepts}
+    synonyms: dict[str, list[str]] = {}
+    for entry in re.split(r"[;\n]", text):
+        if not entry.strip():
+            continue
+        name, colon, words = entry.partition(":")
+        if not colon:
+            if len(concepts) != 1:
+                raise FadeInputError(
+                    f"the synonyms {entry.strip()!r} name no concept; with several concepts write "
+                    f"'concept: synonym, synonym' for each, e.g. '{concepts[0]}: ...; {concepts[1]}: ...'"
+                )
+            name, words = concepts[0], entry
+        concept = by_name.get(name.strip().casefold())
+        if concept is None:
+            raise FadeInputError(
+                f"synonyms are given for {name.strip()!r}, which is not among the concepts ({', '.join(concepts)}); "
+                "start the entry with one of them"
+            )
+        synonyms.setdefault(concept, []).extend(w.strip() for w in words.split(",") if w.strip())
+    return synonyms
 
 
 def _check_templates(templates: Sequence[str]) -> None:

@@ -9,6 +9,7 @@ weights. FADE trains a LoRA only on the modules chosen from that ranking.
 from __future__ import annotations
 
 import json
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -77,19 +78,23 @@ class Saliency:
         return cls(scores, sizes, selected, criterion, weights)
 
 
+def check_budget(top_k: int | None, mass_fraction: float | None) -> None:
+    if (top_k is None) == (mass_fraction is None):
+        raise FadeInputError("give exactly one saliency budget: top_k (a number of modules) or mass_fraction (0 to 1)")
+    if top_k is not None and top_k < 1:
+        raise FadeInputError(f"top_k is {top_k}; select at least one module")
+    if mass_fraction is not None and not 0.0 < mass_fraction <= 1.0:  # NaN fails this too
+        raise FadeInputError(f"mass_fraction is {mass_fraction}; use a share of the saliency in (0, 1], such as 0.9")
+
+
 def select_modules(
     scores: dict[str, float], *, top_k: int | None = None, mass_fraction: float | None = None
 ) -> tuple[list[str], str]:
     """The top-k modules, or the fewest modules that hold ``mass_fraction`` of the total score."""
-    if (top_k is None) == (mass_fraction is None):
-        raise FadeInputError("give exactly one saliency budget: top_k (a number of modules) or mass_fraction (0 to 1)")
+    check_budget(top_k, mass_fraction)
     ranked = sorted(scores, key=scores.get, reverse=True)
     if top_k is not None:
-        if top_k < 1:
-            raise FadeInputError(f"top_k is {top_k}; select at least one module")
         return ranked[:top_k], f"top_k={top_k}"
-    if not 0.0 < mass_fraction <= 1.0:
-        raise FadeInputError(f"mass_fraction is {mass_fraction}; it must be in (0, 1]")
     total, running, chosen = sum(scores.values()), 0.0, []
     for name in ranked:
         chosen.append(name)
@@ -120,6 +125,13 @@ def compute_saliency(
     where the paper finds the concept), "attention", or "all". ``progress`` is called with
     (done, total) after every batch.
     """
+    check_budget(top_k, mass_fraction)  # before any work, like every other setting
+    if num_prompts < 1 or batch_size < 1 or num_sampling_steps < 1:
+        raise FadeInputError(
+            f"prompts {num_prompts}, batch size {batch_size} and sampling steps {num_sampling_steps} must each be 1 or more"
+        )
+    if not math.isfinite(guidance):
+        raise FadeInputError(f"guidance is {guidance}; use a finite CFG scale (usually 1 to 10)")
     modules = adapter.lora_candidates(family)
     if not modules:
         raise FadeInputError(f"the denoiser has no {family} modules to rank; choose another family")

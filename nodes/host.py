@@ -13,7 +13,8 @@ import comfy.utils
 import folder_paths
 
 from ..fade_core.errors import FadeInputError
-from ..fade_core.files import path_inside, require_safetensors_name
+from ..fade_core.files import path_within, require_safetensors_name
+from ..fade_core.outputs import LoraOutput
 
 PROGRESS_EVENT = "fade.progress"
 
@@ -59,30 +60,31 @@ def loras_folder() -> Path:
     return Path(folder_paths.get_folder_paths("loras")[0])
 
 
-def new_lora_path(prefix: str) -> Path:
-    """``<loras>/<prefix>_00001.safetensors``, the next free number; the prefix may name a subfolder
-    but cannot leave the loras folder."""
+def reserve_lora_output(prefix: str) -> LoraOutput:
+    """``<loras>/<prefix>_00001.safetensors``, the next number that no file (``-interrupted`` ones
+    included) and no other run holds, reserved until released; the prefix may name a subfolder but
+    cannot leave the loras folder."""
     prefix = prefix.strip().replace("\\", "/")
     if not prefix or prefix.endswith("/"):
-        raise FadeInputError("the file name prefix is empty; give one such as 'fade/airplane'")
+        raise FadeInputError("the filename_prefix is empty; give one such as 'fade/airplane'")
     if not re.fullmatch(r"[\w\-./ ]+", prefix):
-        raise FadeInputError(f"the file name prefix {prefix!r} has characters other than letters, digits, - _ . / and spaces")
-    base = path_inside(loras_folder(), prefix)  # refuses a prefix that leaves the folder
-    counter = 1
-    while (candidate := base.with_name(f"{base.stem}_{counter:05d}.safetensors")).exists():
-        counter += 1
-    return candidate
+        raise FadeInputError(f"the filename_prefix {prefix!r} has characters other than letters, digits, - _ . / and spaces; use only those")
+    return LoraOutput.numbered(loras_folder(), prefix, names=("loras folder (extra_model_paths.yaml)", "filename_prefix"))
 
 
 def lora_file(name: str) -> Path:
-    """The full path of a file chosen from the loras list; refuses anything outside those folders
-    and any format other than safetensors (no pickle is ever loaded)."""
+    """The full path of a file chosen from the loras list; refuses a name that leaves those folders
+    and any format other than safetensors (no pickle is ever loaded). A link inside a loras folder
+    is followed, as ComfyUI's own list does."""
     require_safetensors_name(name)
-    for folder in folder_paths.get_folder_paths("loras"):
-        try:
-            path = path_inside(folder, name)
-        except FadeInputError:
-            continue
+    folders = folder_paths.get_folder_paths("loras")
+    for folder in folders:
+        path = path_within(folder, name)
         if path.is_file():
             return path
-    raise FadeInputError(f"{name} is not a file inside the loras folders ({', '.join(folder_paths.get_folder_paths('loras'))})")
+    raise FadeInputError(f"{name} is not a file inside the loras folders ({', '.join(folders)}); choose a LoRA from the list")
+
+
+def base_family(model) -> str:
+    """The model family a LoRA is made for, as ComfyUI names its model configurations (SD15, SDXL, Flux, ...)."""
+    return type(model.model.model_config).__name__

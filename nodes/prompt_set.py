@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io, ui
 
-from ..fade_core.errors import FadeInputError
-from ..fade_core.prompts import CATEGORIES, build_prompt_set
+from ..fade_core.prompts import CATEGORIES, build_prompt_set, parse_synonyms
 from .sockets import CATEGORY, PromptSetType
 
 REMOVE_WORD = "(remove)"
@@ -14,24 +13,6 @@ REMOVE_WORD = "(remove)"
 def parse_concepts(text: str) -> list[str]:
     """One concept per line, or several separated by commas."""
     return [part.strip() for line in text.splitlines() for part in line.split(",") if part.strip()]
-
-
-def parse_synonyms(text: str, concepts: list[str]) -> dict[str, list[str]]:
-    """Lines ``concept: synonym, synonym``; with a single concept the ``concept:`` may be left out."""
-    synonyms: dict[str, list[str]] = {}
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        concept, colon, words = line.partition(":")
-        if not colon:
-            if len(concepts) != 1:
-                raise FadeInputError(f"synonym line {line!r} names no concept; write it as 'concept: synonym, synonym'")
-            concept, words = concepts[0], line
-        concept = concept.strip()
-        if concept not in concepts:
-            raise FadeInputError(f"synonyms are given for {concept!r}, which is not among the concepts {concepts}")
-        synonyms.setdefault(concept, []).extend(w.strip() for w in words.split(",") if w.strip())
-    return synonyms
 
 
 def parse_neutral(text: str) -> list[str] | None:

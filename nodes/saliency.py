@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io, ui
 
-from ..fade_core.saliency import compute_saliency
+from ..fade_core.saliency import check_budget, compute_saliency
 from .comfy_adapter import ComfyAdapter
 from .host import Progress, running_node_id, gradients_enabled
 from .sockets import CATEGORY, PromptSetType, SaliencyType
@@ -49,14 +49,15 @@ class FADEComputeSaliency(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip, prompt_set, budget, mass_fraction, top_k, family, prompts, sampling_steps,
                 guidance, width, height, seed) -> io.NodeOutput:
+        top_k, mass_fraction = (top_k, None) if budget == "top_k" else (None, mass_fraction)
+        check_budget(top_k, mass_fraction)  # before the model loads
         progress = Progress(1, running_node_id(cls))
         with gradients_enabled():
             adapter = ComfyAdapter(model, clip, width=width, height=height)
             adapter.make_trainable()
             saliency = compute_saliency(
                 adapter, prompt_set,
-                top_k=top_k if budget == "top_k" else None,
-                mass_fraction=mass_fraction if budget == "mass_fraction" else None,
+                top_k=top_k, mass_fraction=mass_fraction,
                 num_prompts=prompts, num_sampling_steps=sampling_steps, guidance=guidance,
                 family=family, seed=seed,
                 progress=lambda done, total: progress.advance_to(done, total),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 
 import comfy.model_management
@@ -11,26 +10,17 @@ import folder_paths
 from comfy_api.latest import io, ui
 
 from ..fade_core.adversary import build_adversary
-from ..fade_core.errors import FadeInputError
-from ..fade_core.fade import FadeConfig, FadeTrainer, StepReport
-from ..fade_core.lora import export_lora, kohya_state_dict, library_versions, remove_lora
+from ..fade_core.config import FadeConfig
+from ..fade_core.errors import FadeInputError, FadeInterrupted
+from ..fade_core.fade import StepReport
+from ..fade_core.lora import remove_lora
+from ..fade_core.run import erase_and_export
 from .comfy_adapter import ComfyAdapter
-from .host import Progress, running_node_id, gradients_enabled, new_lora_path
+from .host import Progress, base_family, gradients_enabled, reserve_lora_output, running_node_id
 from .sockets import CATEGORY, PromptSetType, SaliencyType
 
 EVENT_EVERY = 5  # steps between progress events for the web chart
 DEFAULTS = FadeConfig()
-
-
-def weights_fingerprint(adapter: ComfyAdapter, module_names: list[str]) -> str:
-    """sha256 of the base weights the LoRA is made for (the salient modules), so that a LoRA can be
-    matched to its base model without hashing gigabytes."""
-    digest = hashlib.sha256()
-    modules = dict(adapter.denoiser.named_modules())
-    for name in sorted(module_names):
-        digest.update(name.encode())
-        digest.update(modules[name].weight.detach().float().cpu().numpy().tobytes())
-    return digest.hexdigest()
 
 
 class FADETrainEraser(io.ComfyNode):
@@ -93,7 +83,8 @@ class FADETrainEraser(io.ComfyNode):
             t0_fraction=t0_fraction, guidance=guidance, sampling_steps=sampling_steps, adversary=adversary, seed=seed,
         )
         config.check()
-        path = new_lora_path(filename_prefix)
+        if adversary == "clip" and clip_vision_weights == "none":
+            raise FadeInputError("the clip adversary needs open_clip vision weights: put a .safetensors in models/clip_vision and choose it in clip_vision_weights")
         progress = Progress(adversary_warmup + steps, running_node_id(cls))
 
         def on_step(report: StepReport) -> None:
@@ -106,39 +97,28 @@ class FADETrainEraser(io.ComfyNode):
                     "validation_accuracy": report.validation_accuracy,
                 })
 
-        with gradients_enabled():
+        with reserve_lora_output(filename_prefix) as output, gradients_enabled():
             adapter = ComfyAdapter(model, clip, width=width, height=height, vae=vae)
             adapter.make_trainable()
             judge = None
             if adversary == "clip":
-                if clip_vision_weights == "none":
-                    raise FadeInputError("the clip adversary needs open_clip vision weights: put a .safetensors in models/clip_vision and choose it")
                 judge = build_adversary(
                     "clip", adapter.sample_shape, len(prompt_set.concepts), to_images=adapter.to_images,
                     clip_model=clip_architecture, clip_weights=folder_paths.get_full_path_or_raise("clip_vision", clip_vision_weights),
                     seed=seed,
                 )
-            metadata = {
-                "fade_base_model": adapter.model_name,
-                "fade_base_weights_sha256": weights_fingerprint(adapter, saliency.selected),
-                "fade_versions": library_versions(),
-            }
-            trainer = None
             try:
-                trainer = FadeTrainer(adapter, prompt_set, saliency.selected, config, adversary=judge, callback=on_step)
-                result = trainer.run()
-                metadata |= result.metadata(prompt_set, config, saliency.selected) | {"fade_status": "complete"}
-                export_lora(adapter, path, metadata)
-                lora = kohya_state_dict(adapter)
-            except (comfy.model_management.InterruptProcessingException, KeyboardInterrupt):
-                if trainer is not None and trainer.history and trainer.history[-1].phase == "train":
-                    partial = path.with_name(path.stem + "-interrupted.safetensors")
-                    export_lora(adapter, partial, metadata | {"fade_status": "interrupted", "fade_concepts": prompt_set.concepts},
-                                state=trainer.last_good)
-                    logging.warning("FADE: interrupted; the last good LoRA is in %s", partial)
-                raise
+                erasure = erase_and_export(
+                    adapter, prompt_set, saliency.selected, config, output, base_model=base_family(model),
+                    adversary=judge, callback=on_step,
+                    interrupts=(comfy.model_management.InterruptProcessingException, KeyboardInterrupt),
+                )
+            except FadeInterrupted as stop:
+                logging.warning("FADE: %s", stop)
+                raise stop.__cause__  # ComfyUI's own interrupt, so that the queue stops as it expects
             finally:
                 remove_lora(adapter.denoiser)  # the shared model goes back to how the graph gave it
+        result, path, lora = erasure.result, erasure.path, erasure.lora
 
         erased, _ = comfy.sd.load_lora_for_models(model, None, lora, 1.0, 0.0)
         stats = (

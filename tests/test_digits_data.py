@@ -4,7 +4,7 @@ only the measurement sees."""
 import random
 import re
 
-from fade_core.digits import data
+from fade_core.digits import data, vocabulary
 from fade_core.digits.judge import default_prompt_set
 
 
@@ -33,7 +33,7 @@ def test_held_out_contexts_are_a_third_of_phrases_and_of_words():
     assert len(only_held_out) >= len(all_words) / 3
     assert set(data.PINNED_HELD_OUT_CONTEXTS) <= held_out
     # The split is a pure function of its seed: the same on every machine and every import.
-    assert data._split_contexts() == (data.ERASER_CONTEXTS, data.HELD_OUT_CONTEXTS)
+    assert vocabulary._split_contexts() == (data.ERASER_CONTEXTS, data.HELD_OUT_CONTEXTS)
 
 
 def _contexts_in(prompt: str) -> set[str]:

@@ -135,7 +135,7 @@ def apply_workflow() -> dict:
     graph = Graph()
     checkpoint = graph.add("CheckpointLoaderSimple", (0, 200), [CHECKPOINT], [],
                            [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")])
-    apply = graph.add("FADEApplyErasedLoRA", (400, 200), ["fade/object_airplane_00001.safetensors", 1.0],
+    apply = graph.add("FADEApplyErasedLoRA", (400, 200), ["fade/object_airplane_00001.safetensors", 1.0, False],
                       [("model", "MODEL"), ("clip", "CLIP")], [("model", "MODEL"), ("clip", "CLIP"), ("erasure", "STRING")])
     graph.link(checkpoint, "MODEL", apply, "model")
     render_before_after(graph, checkpoint, apply, "model", "a photo of an airplane in the sky", "apply")

@@ -14,14 +14,14 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..adapter import DenoiserAdapter
-from ..errors import FadeInputError
 from ..files import load_safetensors
 from ..metrics import erasure_score, frechet_distance
-from ..prompts import PromptSet, build_prompt_set, mentions, require_mentions
+from ..prompts import mentions, require_mentions
 from ..sampling import generate
 from . import data
 from .evaluator import DigitStyleEvaluator
 from .model import DEFAULT_GUIDANCE, DEFAULT_SAMPLING_STEPS, EVALUATOR_FILE
+from .vocabulary import default_prompt_set
 
 
 @functools.cache
@@ -29,25 +29,6 @@ def load_evaluator() -> DigitStyleEvaluator:
     evaluator = DigitStyleEvaluator()
     evaluator.load_state_dict(load_safetensors(EVALUATOR_FILE))
     return evaluator.eval().requires_grad_(False)
-
-
-def default_prompt_set(concepts: Sequence[str], num_prompts: int = 48, seed: int = 0, synonyms=None) -> PromptSet:
-    """The embedded model's prompt pairs for digits or styles (see data.eraser_templates)."""
-    concepts = list(concepts)
-    for concept in concepts:
-        data.concept_kind(concept)
-    category = data.concept_kind(concepts[0])
-    if synonyms is None:
-        synonyms = {c: data.eraser_synonyms(c) for c in concepts}
-    return build_prompt_set(
-        concepts,
-        category,
-        synonyms=synonyms,
-        neutral=data.eraser_neutral_words(concepts),
-        templates=data.eraser_templates(category),
-        num_prompts=num_prompts,
-        seed=seed,
-    )
 
 
 @dataclass
@@ -165,12 +146,3 @@ class DigitsJudge:
         ]
         with torch.no_grad():
             return self.evaluator.features(torch.cat(rendered))
-
-
-def check_concepts(concepts: Sequence[str]) -> list[str]:
-    concepts = [c.strip().lower() for c in concepts]
-    if not concepts or any(not c for c in concepts):
-        raise FadeInputError("the concept is empty; name a digit (zero .. nine) or a style (bold, thin, inverted, slanted)")
-    for concept in concepts:
-        data.concept_kind(concept)
-    return concepts

@@ -15,7 +15,6 @@ those rows, and the others are re-made from the table's own seeded initialisatio
 from __future__ import annotations
 
 import functools
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,10 +22,10 @@ import torch
 from diffusers import DDPMScheduler, DiffusionPipeline, UNet2DConditionModel
 from diffusers.models.attention_processor import AttnProcessor
 from diffusers.loaders import StableDiffusionLoraLoaderMixin
-from safetensors.torch import load_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from ..diffusers_adapter import DiffusersAdapter
+from ..files import load_safetensors
 from .data import from_model_range
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -136,7 +135,7 @@ def load_pipeline(path: str | Path = MODEL_FILE) -> DigitsPipeline:
             f"embedded model weights not found at {path}; run `python -m fade_core.digits.train` to rebuild them"
         )
     pipeline = build_pipeline()
-    state = load_file(path)
+    state = load_safetensors(path)
     table = initial_token_table()
     table[state.pop(STORED_ROWS_KEY)] = state.pop(STORED_VALUES_KEY).float()
     state = {key: value.float() for key, value in state.items()} | {token_table_key(pipeline.text_encoder): table}
@@ -146,14 +145,6 @@ def load_pipeline(path: str | Path = MODEL_FILE) -> DigitsPipeline:
     pipeline.unet.eval().requires_grad_(False)
     pipeline.text_encoder.eval().requires_grad_(False)
     return pipeline
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def make_adapter(pipeline: DigitsPipeline) -> DiffusersAdapter:

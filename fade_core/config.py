@@ -1,0 +1,126 @@
+"""FADE's settings and their checks, importable without torch so that bad input is refused at once.
+
+Every setting the user can change has one name everywhere: the field name below is also the
+Train node's input name, and ``flag`` is the command line's spelling of it. Messages name a
+setting through :func:`setting_name`, so that they point at something the user can change on
+either side. A new setting is a new field: the command line's ``erase`` picks up every field that
+has a flag.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+
+from .errors import FadeInputError
+
+MAX_SEED = 2**32 - 1
+
+
+def setting(default, flag: str | None = None, help: str | None = None):
+    """A FadeConfig field; ``flag`` exposes it on the command line's ``erase``."""
+    return field(default=default, metadata={"flag": flag, "help": help})
+
+
+@dataclass
+class FadeConfig:
+    steps: int = setting(300, "--steps", "LoRA updates (training stops earlier once the adversary is at chance)")
+    adversary_warmup: int = setting(60, "--warmup", "adversary updates on the base model's own samples before the LoRA moves")
+    batch_size: int = setting(12, "--batch-size", "prompt pairs per step")
+    lora_rank: int = setting(4, "--rank", "LoRA rank (at most the width of the smallest chosen module)")
+    lora_alpha: float = 4.0  # the command line and the node set it equal to the rank
+    learning_rate: float = setting(4e-3, "--lr", "LoRA learning rate")
+    adversary_learning_rate: float = setting(1e-3, "--adversary-lr", "the adversary's learning rate")
+    replay_size: int = 512  # earlier samples that D keeps training on (0: none)
+    preservation_weight: float = setting(20.0, "--lambda", "preservation weight lambda")
+    t0_fraction: float = setting(
+        0.5, "--t0", "share of sampling steps, counted from pure noise, whose neutral predictions L_pres keeps"
+    )
+    guidance: float = setting(2.0, "--guidance", "CFG scale of every sample in the loop")
+    sampling_steps: int = setting(10, "--sampling-steps", "length of the trajectories the training states come from")
+    adversary: str = "latent"  # "latent" or "clip"
+    removal: str = "adversary"  # L_rem; "l2" is the paper's Table 2 ablation (no adversary in the loss)
+    validate_every: int = 50
+    validation_repeats: int = 2  # samples per validation pair
+    stop_accuracy: float = 0.55  # D's validation accuracy counted as chance
+    stop_patience: int = 2  # consecutive validations at chance before stopping
+    seed: int = setting(0, "--seed", None)
+    # Robust FADE (fade_core/robust.py): adversarial conditionings in the loop. 0 turns it off.
+    robust_every: int = 0  # steps between rounds of the inner attack
+    robust_attack_steps: int = 10  # Adam steps of each round
+    robust_warmup_steps: int = 50  # Adam steps of the first round, against the base model
+    robust_bank_size: int = 16  # soft conditionings kept
+    robust_share: float = 0.5  # share of concept trajectories started from the bank
+    robust_refresh: float = 0.25  # share of the bank started afresh every round
+    robust_attack_lr: float = 1e-2
+    robust_targets: int = 64  # the base model's samples of each concept: the attack's targets
+    robust_anchor_weight: float = 0.0  # weight of the bank's anchor loss (robust.py); 0: L_rem only
+
+    def check(self) -> None:
+        """Refuses any setting that cannot work, naming it and what to use instead."""
+        for name in ("steps", "batch_size", "lora_rank", "sampling_steps", "validate_every", "validation_repeats", "stop_patience"):
+            _require_whole(name, getattr(self, name), 1)
+        for name in ("adversary_warmup", "replay_size"):
+            _require_whole(name, getattr(self, name), 0)
+        for name in ("learning_rate", "adversary_learning_rate", "lora_alpha"):
+            value = getattr(self, name)
+            if not (_is_number(value) and math.isfinite(value) and value > 0):
+                raise FadeInputError(f"{setting_name(name)} is {value}; use a finite positive number (default {_default(name)})")
+        if not (_is_number(self.preservation_weight) and math.isfinite(self.preservation_weight) and self.preservation_weight >= 0):
+            raise FadeInputError(
+                f"{setting_name('preservation_weight')} is {self.preservation_weight}; use a finite number of 0 or more "
+                f"(default {_default('preservation_weight')})"
+            )
+        if not (_is_number(self.t0_fraction) and 0.0 < self.t0_fraction <= 1.0):
+            raise FadeInputError(
+                f"{setting_name('t0_fraction')} is {self.t0_fraction}; it is the share of sampling steps, from pure noise, "
+                "whose neutral predictions are preserved, so use a number in (0, 1], such as 0.5"
+            )
+        if not (_is_number(self.guidance) and math.isfinite(self.guidance) and self.guidance >= 0):
+            raise FadeInputError(
+                f"{setting_name('guidance')} is {self.guidance}; use a finite CFG scale of 0 or more (usually 1 to 10)"
+            )
+        if self.adversary not in ("latent", "clip"):
+            raise FadeInputError(f"adversary is {self.adversary!r}; use 'latent' or 'clip'")
+        if self.removal not in ("adversary", "l2"):
+            raise FadeInputError(f"removal is {self.removal!r}; use 'adversary' (FADE) or 'l2' (the ablation)")
+        if not (_is_number(self.stop_accuracy) and 0.5 <= self.stop_accuracy <= 1.0):
+            raise FadeInputError(f"stop_accuracy is {self.stop_accuracy}; use a number between 0.5 (chance) and 1")
+        _require_whole("seed", self.seed, 0, MAX_SEED)
+        for name in ("robust_every", "robust_warmup_steps"):
+            _require_whole(name, getattr(self, name), 0)
+        for name in ("robust_attack_steps", "robust_bank_size", "robust_targets"):
+            _require_whole(name, getattr(self, name), 1)
+        for name in ("robust_share", "robust_refresh"):
+            value = getattr(self, name)
+            if not (_is_number(value) and 0.0 <= value <= 1.0):
+                raise FadeInputError(f"{setting_name(name)} is {value}; use a share between 0 and 1")
+        if not (_is_number(self.robust_attack_lr) and math.isfinite(self.robust_attack_lr) and self.robust_attack_lr > 0):
+            raise FadeInputError(f"{setting_name('robust_attack_lr')} is {self.robust_attack_lr}; use a finite positive number")
+        if not (_is_number(self.robust_anchor_weight) and math.isfinite(self.robust_anchor_weight) and self.robust_anchor_weight >= 0):
+            raise FadeInputError(f"{setting_name('robust_anchor_weight')} is {self.robust_anchor_weight}; use a finite number of 0 or more")
+
+
+def setting_name(name: str) -> str:
+    """How messages name a setting: the node input's name, and the command-line flag where one exists."""
+    flag = flags().get(name)
+    return f"{name} ({flag})" if flag else name
+
+
+def flags() -> dict[str, str]:
+    """{field: command-line flag} for every setting the command line exposes."""
+    return {f.name: f.metadata["flag"] for f in fields(FadeConfig) if f.metadata.get("flag")}
+
+
+def _default(name: str):
+    return next(f.default for f in fields(FadeConfig) if f.name == name)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _require_whole(name: str, value, low: int, high: int | None = None) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
+        limit = f"from {low} to {high}" if high is not None else f"of {low} or more"
+        raise FadeInputError(f"{setting_name(name)} is {value}; use a whole number {limit}")
