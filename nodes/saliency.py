@@ -50,9 +50,7 @@ class FADEComputeSaliency(io.ComfyNode):
     def execute(cls, model, clip, prompt_set, budget, mass_fraction, top_k, family, prompts, sampling_steps,
                 guidance, width, height, seed) -> io.NodeOutput:
         progress = Progress(1, running_node_id(cls))
-        with gradients_enabled():
-            adapter = ComfyAdapter(model, clip, width=width, height=height)
-            adapter.make_trainable()
+        with gradients_enabled(), ComfyAdapter(model, clip, width=width, height=height) as adapter:
             saliency = compute_saliency(
                 adapter, prompt_set,
                 top_k=top_k if budget == "top_k" else None,

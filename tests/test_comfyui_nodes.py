@@ -44,7 +44,7 @@ def run_nodes(nodes, model, clip, prefix, **train):
             steps=STEPS, adversary_warmup=WARMUP, learning_rate=5e-3, lora_rank=2, preservation_weight=20.0,
             t0_fraction=0.5, guidance=3.0, sampling_steps=4, batch_size=2, adversary="latent",
             clip_vision_weights="none", clip_architecture="ViT-B-32", width=SIZE, height=SIZE, seed=0,
-            filename_prefix=prefix,
+            gradient_checkpointing=False, filename_prefix=prefix,
         ) | train
         erased, stats = nodes["FADETrainEraser"].execute(model, clip, prompt_set, saliency, **settings).args
     return prompt_set, preview, saliency, summary, erased, stats
@@ -177,13 +177,11 @@ def test_an_interrupt_keeps_the_last_good_lora_and_leaves_no_half_file(host, cli
 
 def test_flux_lora_gradients_match_finite_differences(host, clip):
     """FLUX's in-place residual adds must not corrupt the gradients the LoRA learns from."""
-    from comfyui_fade.fade_core.lora import attach_lora, lora_layers, remove_lora
+    from comfyui_fade.fade_core.lora import attach_lora
     from comfyui_fade.nodes.comfy_adapter import ComfyAdapter
 
     model = tiny_flux()
-    with torch.inference_mode(False), torch.enable_grad():
-        adapter = ComfyAdapter(model, clip, width=SIZE, height=SIZE)
-        adapter.make_trainable()
+    with torch.inference_mode(False), torch.enable_grad(), ComfyAdapter(model, clip, width=SIZE, height=SIZE) as adapter:
         names = [n for n in adapter.lora_candidates("attention") if n.startswith(("double_blocks", "single_blocks"))]
         parameters = attach_lora(adapter, names, rank=2, alpha=2.0, seed=0)
         generator = torch.Generator().manual_seed(0)
@@ -212,5 +210,4 @@ def test_flux_lora_gradients_match_finite_differences(host, clip):
             numeric = (upper - lower) / (2 * step)
             assert numeric == pytest.approx(grad[index].item(), rel=2e-2, abs=1e-4)
             checked += 1
-        remove_lora(adapter.denoiser)
-    assert checked == 6 and not list(lora_layers(model.model.diffusion_model))
+    assert checked == 6
