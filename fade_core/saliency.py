@@ -129,13 +129,16 @@ def compute_saliency(
     generator = torch.Generator().manual_seed(seed)
     levels = adapter.noise_levels(num_sampling_steps)
 
+    # Every prompt is encoded before the denoiser runs: a host may have to unload one model to
+    # load the other.
+    concepts = adapter.encode([p.concept_prompt for p in chosen]).to(adapter.device)
+    neutrals = adapter.encode([p.neutral_prompt for p in chosen]).to(adapter.device)
     sums: dict[str, torch.Tensor] = {}
     with adapter.weight_probes(list(modules)) as probes:
         batches = range(0, len(chosen), batch_size)
         for done, start in enumerate(batches, start=1):
             batch = chosen[start : start + batch_size]
-            concept = adapter.encode([p.concept_prompt for p in batch]).to(adapter.device)
-            neutral = adapter.encode([p.neutral_prompt for p in batch]).to(adapter.device)
+            concept, neutral = concepts[start : start + batch_size], neutrals[start : start + batch_size]
             noise = initial_noise(adapter, len(batch), generator)
             # The model's own picture of the concept, re-noised at a random step of its trajectory.
             x0 = sample(adapter, concept, noise, num_steps=num_sampling_steps, guidance=guidance)

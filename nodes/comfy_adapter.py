@@ -23,10 +23,10 @@ happens on a clone of its own, the way ComfyUI's own trainer works:
 - the clone is loaded through ComfyUI's model management with an estimate of the training's
   memory, and unloaded when the node is done, which puts the shared weights back as they were;
 - ComfyUI loads weights under ``torch.inference_mode()``, and autograd cannot save such tensors
-  for backward; during a forward with gradients the shared parameters are seen through ordinary
-  tensors over the same memory (no copy), and the very same parameter objects are put back after
-  the call (:func:`ordinary_tensors`);
-- gradient checkpointing wraps the blocks' forward for the duration of the call only.
+  for backward; while the clone is loaded, the shared parameters are seen through ordinary tensors
+  over the same memory (no copy), and the very same parameter objects are put back before it is
+  unloaded (:func:`ordinary_tensors`);
+- gradient checkpointing wraps the blocks' forward for the duration of a forward call only.
 
 A CLIP (its ``patcher``) or a VAE can be made trainable the same way: a clone of its patcher, and
 :func:`ordinary_tensors` around the forward.
@@ -52,7 +52,7 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
 
 from ..fade_core.adapter import Conditioning, DenoiserAdapter
 from ..fade_core.errors import FadeInputError
-from ..fade_core.lora import AttachedLora, LoraDelta, WeightFunctionLora
+from ..fade_core.lora import AttachedLora, LoraDelta, WeightFunctionLora, remove_lora
 
 SUPPORTED_SAMPLING = (comfy.model_sampling.EPS, comfy.model_sampling.V_PREDICTION, comfy.model_sampling.CONST)
 
@@ -124,6 +124,7 @@ class ComfyAdapter(DenoiserAdapter):
             self.families = JOINT_ATTENTION_FAMILIES
         self._batch_rows = 1
         self._loaded = False
+        self._ordinary: contextlib.ExitStack | None = None
         # The empty prompt's conditioning: CFG's unconditional half, and it shows whether the model
         # takes a distilled guidance value instead (FLUX).
         self.null = self.encode([""])
@@ -150,14 +151,24 @@ class ComfyAdapter(DenoiserAdapter):
 
     def load(self) -> None:
         """Loads the clone (its weight wrappers and the graph's patches) onto the load device,
-        letting ComfyUI make room for the estimated memory; cheap when it is already loaded."""
+        letting ComfyUI make room for the estimated memory, then shows autograd the loaded
+        weights as ordinary tensors. Called again whenever the clone's wrappers changed."""
+        self._restore_tensors()
         comfy.model_management.load_models_gpu([self.patcher], memory_required=self.memory_estimate())
         self._loaded = True
+        self._ordinary = contextlib.ExitStack()
+        self._ordinary.enter_context(ordinary_tensors(self.base))
+
+    def _restore_tensors(self) -> None:
+        if self._ordinary is not None:
+            self._ordinary.close()
+            self._ordinary = None
 
     def close(self) -> None:
         """Unloads the clone: ComfyUI puts the shared weights back as the graph's MODEL has them
         and frees the memory; the clone's wrappers go with it."""
-        self.lora = None
+        remove_lora(self)
+        self._restore_tensors()
         if self._loaded:
             for loaded in list(comfy.model_management.current_loaded_models):
                 if loaded.model is self.patcher:
@@ -202,9 +213,9 @@ class ComfyAdapter(DenoiserAdapter):
         if not self._loaded:
             self.load()
         sigma = torch.as_tensor(level, dtype=torch.float32).reshape(-1).expand(x_t.shape[0]).to(self.device)
-        kwargs = {key: value.to(self.device) for key, value in cond.tensors.items()}
-        kwargs["transformer_options"] = self.patcher.model_options.get("transformer_options", {})
-        x = x_t.to(self.device)
+        kwargs = {key: _ordinary(value.to(self.device)) for key, value in cond.tensors.items()}
+        kwargs["transformer_options"] = dict(self.patcher.model_options.get("transformer_options", {}))
+        x = _ordinary(x_t.to(self.device))
         with self._forward_context():
             if self.distilled_guidance:
                 kwargs["guidance"] = torch.full((x.shape[0],), float(guidance), device=self.device)
@@ -277,6 +288,9 @@ class ComfyAdapter(DenoiserAdapter):
         self._loaded = False  # the clone's patches changed: ComfyUI reloads it at the next forward
 
     def _remove_weight_wrappers(self, functions: dict[str, nn.Module]) -> None:
+        """Off the clone, and off the shared modules too: ComfyUI clears a module's wrappers only
+        when it next loads a model there, and until then the graph's MODEL would still run them."""
+        modules = dict(self.denoiser.named_modules())
         for name, function in functions.items():
             key = f"diffusion_model.{name}.weight"
             remaining = [f for f in self.patcher.weight_wrapper_patches.get(key, []) if f is not function]
@@ -284,15 +298,17 @@ class ComfyAdapter(DenoiserAdapter):
                 self.patcher.weight_wrapper_patches[key] = remaining
             else:
                 self.patcher.weight_wrapper_patches.pop(key, None)
+            module = modules[name]
+            if any(f is function for f in getattr(module, "weight_function", [])):
+                module.weight_function = [f for f in module.weight_function if f is not function]
         self._loaded = False
 
     def _forward_context(self):
-        """What a forward with gradients needs: ordinary tensors over the shared weights,
-        checkpointed blocks if asked for, and (FLUX) activations kept safe from in-place adds."""
+        """What a forward with gradients needs: checkpointed blocks if asked for, and (FLUX)
+        activations kept safe from in-place adds."""
         if not torch.is_grad_enabled():
             return contextlib.nullcontext()
         stack = contextlib.ExitStack()
-        stack.enter_context(ordinary_tensors(self.base))
         if self.gradient_checkpointing:
             stack.enter_context(checkpointed_blocks(self.denoiser))
         elif not self.is_unet:
@@ -397,6 +413,14 @@ def _with_fresh_inputs(forward, *args, **kwargs):
     """FLUX's blocks add into their inputs in place; recomputation needs the inputs unchanged."""
     fresh = lambda value: value.clone() if isinstance(value, torch.Tensor) and value.is_floating_point() else value  # noqa: E731
     return forward(*(fresh(a) for a in args), **{key: fresh(value) for key, value in kwargs.items()})
+
+
+def _ordinary(tensor: torch.Tensor) -> torch.Tensor:
+    """A tensor made under inference mode (an input encoded there) cannot join a graph; a copy can."""
+    if tensor.is_inference():
+        with torch.inference_mode(False):
+            return tensor.clone()
+    return tensor
 
 
 def _copy_activation(tensor: torch.Tensor) -> torch.Tensor:
