@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from comfy_host import SKIP_REASON, comfyui_path, node_classes, start_host, tiny_clip, tiny_flux, tiny_sd15
+from comfy_host import SKIP_REASON, comfyui_path, node_classes, start_host, tiny_clip, tiny_flux, tiny_sd15, tiny_sdxl
 
 pytestmark = [pytest.mark.comfyui, pytest.mark.skipif(comfyui_path() is None, reason=SKIP_REASON)]
 
@@ -112,6 +112,11 @@ def test_all_four_nodes_run_and_comfyui_loads_the_lora(host, clip, family, monke
 
     written = [name for name in folder_paths.get_filename_list("loras") if name.startswith(f"fade/{family}")]
     assert written == [f"fade/{family}_00001.safetensors"]
+    from comfyui_fade.fade_core.files import read_safetensors_metadata
+
+    metadata = read_safetensors_metadata(loras / written[0])
+    kohya_family = {"sd15": "sd_v1", "flux": "flux1"}[family]  # what kohya's tools write and read
+    assert metadata["ss_base_model_version"] == metadata["fade_base_model"] == kohya_family
     erased_output = denoise(erased, clip)
     assert (erased_output - before).abs().max() > 1e-6  # the eraser changed the model
 
@@ -211,3 +216,11 @@ def test_flux_lora_gradients_match_finite_differences(host, clip):
             assert numeric == pytest.approx(grad[index].item(), rel=2e-2, abs=1e-4)
             checked += 1
     assert checked == 6
+
+
+def test_model_families_carry_kohyas_names(host):
+    from comfyui_fade.nodes.comfy_adapter import model_family
+
+    assert model_family(tiny_sd15()) == "sd_v1"
+    assert model_family(tiny_sdxl()) == "sdxl_base_v1-0"
+    assert model_family(tiny_flux()) == "flux1"

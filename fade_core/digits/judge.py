@@ -47,6 +47,7 @@ def default_prompt_set(concepts: Sequence[str], num_prompts: int = 48, seed: int
         templates=data.eraser_templates(category),
         num_prompts=num_prompts,
         seed=seed,
+        articles=False,  # the embedded model learned its captions with "a" before every digit ("a eight")
     )
 
 
