@@ -12,8 +12,9 @@ the concept and neutral halves, CFG included, the adversary update, the preserva
 backward) at the stated resolution and batch. The text encoders are replaced by random
 conditioning of the real shapes (CLIP-L 77x768; SDXL 77x2048 + pooled 1280; FLUX T5 256x4096 +
 pooled 768): they run once before training, not in the step. Prints seconds per step (mean over the
-steps after the first) and peak memory: on a GPU torch's peak allocation, on the CPU the process's
-peak resident size. Each configuration runs in a fresh process. Unchanged on a GPU.
+steps after the first) and memory: on a GPU torch's peak allocation and its rise during the steps,
+on the CPU the process's peak resident size while the steps run and its rise over the size before
+them (the activations, gradients and optimizer state of a step; weights are counted apart). Each configuration runs in a fresh process. Unchanged on a GPU.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import importlib.util
 import json
 import math
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -111,6 +111,31 @@ def build(family: str, dtype, flux_blocks: tuple[int, int]):
     return comfy.model_patcher.ModelPatcher(model, device, comfy.model_management.unet_offload_device())
 
 
+class ResidentPeak:
+    """The process's largest resident size while training steps run (CPU), sampled every 10 ms;
+    ``start`` is the size when they begin (the model, the adapter and the trainer already built)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        import psutil
+
+        self.process = psutil.Process()
+        self.start = self.peak = self.process.memory_info().rss
+        self.running = True
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+
+    def _sample(self) -> None:
+        while self.running:
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self.running = False
+        self.thread.join()
+
+
 def run_one(family: str, size: int, batch: int, bf16: bool, checkpointing: bool, steps: int, flux_blocks) -> dict:
     import torch
 
@@ -135,24 +160,27 @@ def run_one(family: str, size: int, batch: int, bf16: bool, checkpointing: bool,
         if cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated()
+        sampler = ResidentPeak()
         for step in range(1, steps + 1):
             started = time.perf_counter()
             trainer._step(step, training=True)
             if cuda:
                 torch.cuda.synchronize()
             seconds.append(time.perf_counter() - started)
+        sampler.stop()
         estimate = adapter.memory_estimate()
         inference_estimate = adapter.base.memory_required([adapter._batch_rows, *adapter.sample_shape])
     if cuda:
-        peak = torch.cuda.max_memory_allocated()
+        peak, step_extra = torch.cuda.max_memory_allocated(), torch.cuda.max_memory_allocated() - before
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        peak, step_extra = sampler.peak, sampler.peak - sampler.start
     return {
         "model": family, "size": size, "batch": batch, "dtype": "bf16" if bf16 else "fp32", "checkpointing": checkpointing,
         "flux_blocks": list(flux_blocks) if family == "flux" else None, "parameters": parameters,
         "weights_gb": parameters * (2 if bf16 else 4) / 2**30, "device": "cuda" if cuda else "cpu",
         "seconds_per_step": sum(seconds[1:]) / max(1, len(seconds) - 1), "first_step_s": seconds[0],
-        "peak_gb": peak / 2**30, "comfy_inference_estimate_gb": inference_estimate / 2**30,
+        "peak_gb": peak / 2**30, "step_extra_gb": step_extra / 2**30, "comfy_inference_estimate_gb": inference_estimate / 2**30,
         "training_estimate_gb": estimate / 2**30,
     }
 
@@ -190,7 +218,7 @@ def main() -> None:
                 results.append(json.loads(run.stdout.strip().splitlines()[-1]))
                 r = results[-1]
                 print(f"| {r['model']} | {r['size']} | {r['batch']} | {r['dtype']} | {'on' if r['checkpointing'] else 'off'} | "
-                      f"{r['parameters'] / 1e6:.0f} M | {r['weights_gb']:.2f} | {r['peak_gb']:.2f} | {r['seconds_per_step']:.1f} |",
+                      f"{r['parameters'] / 1e6:.0f} M | {r['weights_gb']:.2f} | {r['step_extra_gb']:.2f} | {r['peak_gb']:.2f} | {r['seconds_per_step']:.1f} |",
                       flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")

@@ -75,10 +75,11 @@ KOHYA_FAMILIES = (
     (comfy.supported_models.SD3, "sd3"),
 )
 
-# Activation memory of one training step, as a multiple of what ComfyUI estimates for an
-# inference forward of the same batch (BaseModel.memory_required); measured with
-# ``python -m nodes.scale`` (README, "Memory and time at full size").
-TRAINING_MEMORY_FACTOR = {False: 6.0, True: 2.0}  # by gradient checkpointing
+# Memory one training step adds, as a multiple of what ComfyUI estimates for an inference forward
+# of the same batch (BaseModel.memory_required): 0.60 GiB (0.62 with checkpointing) against ComfyUI's
+# 0.15 GiB for SD1.5 at 128 px (benchmarks/scale.py, README "Memory and time at full size"). A rough
+# guide for ComfyUI's offloading; checkpointing's saving at large sizes is not measured yet.
+TRAINING_MEMORY_FACTOR = {False: 4.0, True: 4.0}  # by gradient checkpointing
 
 
 def model_family(patcher) -> str:
