@@ -8,7 +8,11 @@ wrapped in a :class:`DenoiserAdapter`. The method only ever sees:
 - a schedule of noise levels and, for each level, the signal and noise scales ``alpha, sigma``
   with ``x_t = alpha * x0 + sigma * noise``; that covers variance-preserving (eps and v) models
   and rectified flow (``alpha = 1 - sigma``) alike;
-- one differentiable prediction of the clean sample x0, guidance included (:meth:`predict_x0`).
+- one differentiable prediction of the clean sample x0, guidance included (:meth:`predict_x0`);
+- the device the model computes on (:attr:`device`), where the method keeps every tensor of its loop;
+- a LoRA on named modules (:meth:`attach_lora`) and the gradient of a loss with respect to named
+  weights (:meth:`weight_probes`), attached however the host allows without changing the model
+  for anyone else.
 
 Everything else (sampling, saliency, the adversary, training, export) is written once against
 this interface.
@@ -17,13 +21,18 @@ this interface.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from .errors import FadeInputError
+
+if TYPE_CHECKING:
+    from .lora import AttachedLora
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,9 @@ class Conditioning:
     def detach(self) -> Conditioning:
         return Conditioning({key: value.detach() for key, value in self.tensors.items()})
 
+    def to(self, device: torch.device | str) -> Conditioning:
+        return Conditioning({key: value.to(device) for key, value in self.tensors.items()})
+
 
 class DenoiserAdapter(abc.ABC):
     """A text-to-image model as FADE needs to see it. Subclasses wrap one host each."""
@@ -59,6 +71,14 @@ class DenoiserAdapter(abc.ABC):
     sample_clip: float | None = None
     #: The conditioning tensor that cross-attention reads (per-token text embeddings).
     context_key: str = "context"
+    #: The LoRA that :func:`fade_core.lora.attach_lora` attached, if any.
+    lora: AttachedLora | None = None
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model computes; the method keeps its loop's tensors (noise, trajectories,
+        adversary, LoRA) there."""
+        return next(self.denoiser.parameters()).device
 
     @property
     @abc.abstractmethod
@@ -123,6 +143,30 @@ class DenoiserAdapter(abc.ABC):
     def freeze(self) -> None:
         """Freezes the denoiser; LoRA layers bring their own trainable parameters."""
         self.denoiser.requires_grad_(False)
+
+    def attach_lora(self, module_names: Sequence[str], rank: int, alpha: float, seed: int) -> AttachedLora:
+        """Puts LoRA layers on the named modules of :attr:`denoiser`. This default injects peft
+        layers into the module itself, for models the caller owns; a host whose model is shared
+        attaches them its own way. Call it through :func:`fade_core.lora.attach_lora`."""
+        from .lora import PeftLora
+
+        return PeftLora(self.denoiser, module_names, rank, alpha, seed)
+
+    @contextlib.contextmanager
+    def weight_probes(self, module_names: Sequence[str]) -> Iterator[dict[str, torch.Tensor]]:
+        """Inside the block, tensors whose gradient is the gradient of the model's output with
+        respect to each named module's weight. This default hands out the weights themselves,
+        with gradients switched on for the block."""
+        modules = dict(self.denoiser.named_modules())
+        weights = {name: modules[name].weight for name in module_names}
+        flags = {name: weight.requires_grad for name, weight in weights.items()}
+        for weight in weights.values():
+            weight.requires_grad_(True)
+        try:
+            yield weights
+        finally:
+            for name, weight in weights.items():
+                weight.requires_grad_(flags[name])
 
 
 def per_sample(scale: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -133,15 +133,18 @@ class FadeTrainer:
         self.prompt_set = prompt_set
         self.callback = callback
         self.random = random.Random(self.config.seed)
+        # Random numbers come from a CPU generator (the same on every device); every tensor of
+        # the loop itself lives on the model's device.
         self.generator = torch.Generator().manual_seed(self.config.seed)
+        self.device = adapter.device
 
         # Line 3 and line 9: only the salient modules can change, through the LoRA.
         self.lora_parameters = attach_lora(
             adapter, salient_modules, self.config.lora_rank, self.config.lora_alpha, self.config.seed
         )
-        self.adversary = adversary or build_adversary(
+        self.adversary = (adversary or build_adversary(
             self.config.adversary, adapter.sample_shape, len(prompt_set.concepts), seed=self.config.seed
-        )
+        )).to(self.device)
         self.model_optimizer = torch.optim.Adam(self.lora_parameters, lr=self.config.learning_rate)
         self.adversary_optimizer = torch.optim.Adam(
             [p for p in self.adversary.parameters() if p.requires_grad], lr=self.config.adversary_learning_rate
@@ -154,9 +157,9 @@ class FadeTrainer:
         self.steps_done = 0
         # Lines 1-2: the prompt sets, encoded once (the text encoder never changes).
         self.train_pairs = prompt_set.pairs("train")
-        self._concept_cond = adapter.encode([p.concept_prompt for p in self.train_pairs])
-        self._neutral_cond = adapter.encode([p.neutral_prompt for p in self.train_pairs])
-        self._heads = torch.tensor([prompt_set.concept_index(p.concept) for p in self.train_pairs])
+        self._concept_cond = adapter.encode([p.concept_prompt for p in self.train_pairs]).to(self.device)
+        self._neutral_cond = adapter.encode([p.neutral_prompt for p in self.train_pairs]).to(self.device)
+        self._heads = torch.tensor([prompt_set.concept_index(p.concept) for p in self.train_pairs], device=self.device)
         self._validation = self._validation_batch(prompt_set.pairs("validation"))
         self.adversarial = self._adversarial_bank() if self.config.robust_every else None
         self.pool = PairTrajectories(self, self.config.batch_size)
@@ -187,14 +190,14 @@ class FadeTrainer:
             self.steps_done = steps_done
             if steps_done % cfg.validate_every == 0 or steps_done == cfg.steps:
                 validation_accuracy = report.validation_accuracy = self.validation_accuracy()
-                self.last_good = lora_state(self.adapter.denoiser)
+                self.last_good = lora_state(self.adapter)
                 self.last_good_step, self.last_validation_accuracy = steps_done, validation_accuracy
                 at_chance = at_chance + 1 if validation_accuracy <= cfg.stop_accuracy else 0
             self._report(report)
             if at_chance >= cfg.stop_patience:
                 break
         return FadeResult(
-            lora=lora_state(self.adapter.denoiser),
+            lora=lora_state(self.adapter),
             steps_done=steps_done,
             validation_accuracy=validation_accuracy,
             stopped_at_chance=at_chance >= cfg.stop_patience,
@@ -213,7 +216,7 @@ class FadeTrainer:
         # Lines 5-6: the pool's pairs, each at its own step k of a trajectory that the current
         # model samples without gradient; one x0 prediction there, differentiable when training.
         pairs, steps, concept_state, neutral_state = self.pool.current()
-        concept_cond, neutral_cond = self.pool.concept_cond, self._neutral_cond[pairs]
+        concept_cond, neutral_cond = self.pool.concept_cond, self._neutral_cond[pairs.to(self.device)]
         heads, levels = self.pool.heads, self.levels[steps]
         with torch.set_grad_enabled(training):
             x0 = self.adapter.predict_x0(
@@ -233,7 +236,7 @@ class FadeTrainer:
                 loss_removal = F.softplus(logits).mean()  # -log(1 - sigmoid(logit))
             else:  # the ablation's surrogate: pull x_c onto its neutral twin
                 loss_removal = (x_c - x_notc.detach()).pow(2).flatten(1).mean(1).mean()
-            early = steps < self.preserved_steps
+            early = (steps < self.preserved_steps).to(self.device)
             loss_preservation = preservation_loss(
                 self.adapter, x_notc[early], neutral_state[early], levels[early], neutral_cond[early], cfg.guidance
             )
@@ -268,7 +271,7 @@ class FadeTrainer:
         if replayed is not None:
             x_c, x_notc, heads = (torch.cat([now, then]) for now, then in zip((x_c, x_notc, heads), replayed))
         logits = self.adversary(torch.cat([x_c, x_notc])).gather(1, torch.cat([heads, heads])[:, None]).squeeze(1)
-        targets = torch.cat([torch.ones(len(x_c)), torch.zeros(len(x_notc))])
+        targets = torch.cat([torch.ones(len(x_c)), torch.zeros(len(x_notc))]).to(self.device)
         loss = F.binary_cross_entropy_with_logits(logits, targets)
         if not torch.isfinite(loss):
             cfg = self.config
@@ -311,7 +314,7 @@ class FadeTrainer:
         null = self.adapter.encode([""])
         heads = list(range(len(targets)))
         starts = Conditioning.cat([self._concept_cond, *[null] * len(heads)])
-        start_heads = torch.cat([self._heads, torch.tensor(heads)])
+        start_heads = torch.cat([self._heads, torch.tensor(heads, device=self.device)])
         bank = AdversarialConditionings(
             self.adapter, starts, start_heads, targets, size=cfg.robust_bank_size,
             learning_rate=cfg.robust_attack_lr, refresh=0.0, sampling_steps=cfg.sampling_steps, generator=generator,
@@ -326,9 +329,9 @@ class FadeTrainer:
     def _validation_batch(self, pairs: list[PromptPair]):
         repeats = self.config.validation_repeats
         pairs = [p for p in pairs for _ in range(repeats)]
-        concept = self.adapter.encode([p.concept_prompt for p in pairs])
-        neutral = self.adapter.encode([p.neutral_prompt for p in pairs])
-        heads = torch.tensor([self.prompt_set.concept_index(p.concept) for p in pairs])
+        concept = self.adapter.encode([p.concept_prompt for p in pairs]).to(self.device)
+        neutral = self.adapter.encode([p.neutral_prompt for p in pairs]).to(self.device)
+        heads = torch.tensor([self.prompt_set.concept_index(p.concept) for p in pairs], device=self.device)
         noise = initial_noise(self.adapter, len(pairs), torch.Generator().manual_seed(self.config.seed + 1))
         return concept, neutral, heads, noise
 
@@ -351,7 +354,7 @@ class FadeTrainer:
         adversary.eval()
         logits = adversary(samples).gather(1, torch.cat([heads, heads])[:, None]).squeeze(1)
         adversary.train(mode)
-        targets = torch.cat([torch.ones(len(heads)), torch.zeros(len(heads))])
+        targets = torch.cat([torch.ones(len(heads)), torch.zeros(len(heads))]).to(self.device)
         return ((logits > 0).float() == targets).float().mean().item()
 
 
@@ -366,8 +369,8 @@ def preservation_loss(
     """L_pres: squared gap between the current x0 predictions on neutral prompts (``current``, with
     gradient) and the original model's at the same states, summed over pixels, mean over samples."""
     if len(z_t) == 0:
-        return torch.zeros(())
-    with torch.no_grad(), lora_disabled(adapter.denoiser):
+        return torch.zeros((), device=current.device)
+    with torch.no_grad(), lora_disabled(adapter):
         original = adapter.predict_x0(z_t, levels, neutral_cond, guidance)
     return (current - original).pow(2).flatten(1).sum(1).mean()
 
@@ -413,11 +416,11 @@ class PairTrajectories:
         self.trainer = trainer
         cfg = trainer.config
         self.num_steps = cfg.sampling_steps
-        self.pairs_of_head = [torch.nonzero(trainer._heads == h).flatten() for h in range(len(trainer.prompt_set.concepts))]
+        self.pairs_of_head = [torch.nonzero(trainer._heads == h).flatten().cpu() for h in range(len(trainer.prompt_set.concepts))]
         self.pairs, self.concept_cond, self.heads = self._draw_slots(size)
         self.steps = torch.arange(size) * self.num_steps // size
         noise = initial_noise(trainer.adapter, size, trainer.generator)
-        cond = Conditioning.cat([self.concept_cond, trainer._neutral_cond[self.pairs]])
+        cond = Conditioning.cat([self.concept_cond, trainer._neutral_cond[self.pairs.to(trainer.device)]])
         states = trajectory_states(
             trainer.adapter, cond, torch.cat([noise, noise]), num_steps=self.num_steps,
             guidance=cfg.guidance, at_steps=sorted(set(self.steps.tolist())),
@@ -463,12 +466,13 @@ class PairTrajectories:
             count = int(finished.sum())
             noise = initial_noise(adapter, count, self.trainer.generator)
             start = adapter.add_noise(torch.zeros_like(noise), noise, levels[0].expand(count))
-            self.concept[finished], self.neutral[finished] = start, start
+            on_device = finished.to(start.device)
+            self.concept[on_device], self.neutral[on_device] = start, start
             pairs, cond, heads = self._draw_slots(count)
-            self.pairs[finished], self.heads[finished] = pairs, heads
+            self.pairs[finished], self.heads[on_device] = pairs, heads
             tensors = {key: value.clone() for key, value in self.concept_cond.tensors.items()}
             for key, value in cond.tensors.items():
-                tensors[key][finished] = value
+                tensors[key][on_device] = value
             self.concept_cond = Conditioning(tensors)
             self.steps[finished] = 0
 

@@ -1,15 +1,24 @@
-"""LoRA on the salient modules (peft), and its export as a kohya-format safetensors file.
+"""LoRA on the salient modules, and its export as a kohya-format safetensors file.
 
-peft injects the low-rank layers; this module only chooses where, switches them off to query the
-original model, and writes them out under the keys the target loaders expect
-(``<prefix>.lora_down.weight``, ``<prefix>.lora_up.weight``, ``<prefix>.alpha``).
+Every LoRA here is kohya's: on a weight W of shape (out, in, *kernel) it adds
+``(alpha / rank) * up @ down`` with ``down`` of shape (rank, in, *kernel) and ``up`` of shape
+(out, rank, 1, ...). How the layers are attached is the host's business, behind
+:meth:`DenoiserAdapter.attach_lora`: modules the core owns (the embedded model, diffusers) get
+peft layers (:class:`PeftLora`); hosts that share one model between many users and apply
+functions to its weights (ComfyUI's weight wrappers) get :class:`LoraDelta` functions gathered
+in a :class:`WeightFunctionLora`. The rest of the method only sees the :class:`AttachedLora`
+interface: its factors, a switch to the original model, and removal. Export writes the factors
+under the keys the target loaders expect (``<prefix>.lora_down.weight``, ``.lora_up.weight``,
+``.alpha``).
 """
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import json
-from collections.abc import Iterator, Mapping, Sequence
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -25,10 +34,119 @@ from .files import save_safetensors
 ADAPTER_NAME = "fade"
 
 
+class AttachedLora(abc.ABC):
+    """The LoRA layers on an adapter's denoiser, however the host attached them."""
+
+    @abc.abstractmethod
+    def factors(self) -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
+        """``{module name: (down, up, scale)}``, the live (trainable) tensors; scale = alpha / rank."""
+
+    @abc.abstractmethod
+    def set_enabled(self, enabled: bool) -> None:
+        """Off: the denoiser computes exactly what it computed before the LoRA was attached."""
+
+    @abc.abstractmethod
+    def remove(self) -> None:
+        """Takes the LoRA off; the denoiser is left as it was before :meth:`DenoiserAdapter.attach_lora`."""
+
+    def parameters(self) -> list[torch.Tensor]:
+        return [tensor for down, up, _ in self.factors().values() for tensor in (down, up)]
+
+    @contextlib.contextmanager
+    def disabled(self) -> Iterator[None]:
+        self.set_enabled(False)
+        try:
+            yield
+        finally:
+            self.set_enabled(True)
+
+
+class PeftLora(AttachedLora):
+    """peft LoRA layers injected into a module the caller owns."""
+
+    def __init__(self, module: nn.Module, module_names: Sequence[str], rank: int, alpha: float, seed: int) -> None:
+        self.module = module
+        # peft matches a listed name against the end of each module path; full paths match only themselves.
+        config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(module_names), lora_dropout=0.0)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            inject_adapter_in_model(config, module, adapter_name=ADAPTER_NAME)
+
+    def factors(self) -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
+        return {
+            name: (layer.lora_A[ADAPTER_NAME].weight, layer.lora_B[ADAPTER_NAME].weight, float(layer.scaling[ADAPTER_NAME]))
+            for name, layer in lora_layers(self.module)
+        }
+
+    def set_enabled(self, enabled: bool) -> None:
+        for layer in self.module.modules():
+            if isinstance(layer, BaseTunerLayer):
+                layer.enable_adapters(enabled)
+
+    def remove(self) -> None:
+        for name, layer in list(lora_layers(self.module)):
+            parent_name, _, child = name.rpartition(".")
+            parent = self.module.get_submodule(parent_name) if parent_name else self.module
+            setattr(parent, child, layer.get_base_layer())
+        # peft leaves its config on the model; a later injection would warn that it found one.
+        if "peft_config" in vars(self.module):
+            del self.module.peft_config
+
+
+class LoraDelta(nn.Module):
+    """One LoRA as a function of the weight it changes: ``W -> W + scale * up @ down``.
+
+    For hosts that pass each weight through functions before using it (ComfyUI's weight
+    wrappers). The factors stay in float32 whatever the model's dtype; the change is cast to
+    the weight's dtype at use, and gradients flow back through that cast. Initialised as peft
+    initialises its layers (Kaiming-uniform ``down``, zero ``up``), so the model starts unchanged.
+    """
+
+    def __init__(self, weight_shape: Sequence[int], rank: int, alpha: float, *, device=None,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        out_features, in_features, *kernel = weight_shape
+        down = torch.empty(rank, in_features, *kernel)
+        bound = 1.0 / math.sqrt(math.prod(down.shape[1:]))  # kaiming_uniform_(a=sqrt(5)), as nn.Linear and peft
+        down.uniform_(-bound, bound, generator=generator)
+        self.down = nn.Parameter(down.to(device))
+        self.up = nn.Parameter(torch.zeros(out_features, rank, *([1] * len(kernel)), device=device))
+        self.scale = alpha / rank
+        self.enabled = True
+
+    def delta(self) -> torch.Tensor:
+        return self.scale * (self.up.flatten(1) @ self.down.flatten(1))
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return weight
+        return weight + self.delta().reshape(weight.shape).to(weight.dtype)
+
+
+class WeightFunctionLora(AttachedLora):
+    """:class:`LoraDelta` functions that a host applies to the named weights; ``detach`` is the
+    host's way to take them off again."""
+
+    def __init__(self, deltas: Mapping[str, LoraDelta], detach: Callable[[], None]) -> None:
+        self.deltas = dict(deltas)
+        self._detach = detach
+
+    def factors(self) -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
+        return {name: (delta.down, delta.up, delta.scale) for name, delta in self.deltas.items()}
+
+    def set_enabled(self, enabled: bool) -> None:
+        for delta in self.deltas.values():
+            delta.enabled = enabled
+
+    def remove(self) -> None:
+        self._detach()
+
+
 def attach_lora(
     adapter: DenoiserAdapter, module_names: Sequence[str], rank: int, alpha: float, seed: int
 ) -> list[nn.Parameter]:
-    """Injects a LoRA into exactly the named modules; returns its trainable parameters."""
+    """Attaches a LoRA to exactly the named modules (see :meth:`DenoiserAdapter.attach_lora`);
+    returns its trainable parameters."""
     if rank < 1:
         raise FadeInputError(f"LoRA rank is {rank}; use 1 or more (4 to 16 is usual)")
     candidates = adapter.lora_candidates()
@@ -36,77 +154,76 @@ def attach_lora(
     if unknown:
         raise FadeInputError(f"these modules cannot receive a LoRA (not Linear/Conv2d layers of the denoiser): {unknown[:5]}")
     if not module_names:
-        raise FadeInputError("no modules were selected for the LoRA; raise the saliency budget (top_k or mass fraction)")
+        raise FadeInputError("no modules were selected for the LoRA; raise the saliency budget (top_k or mass_fraction)")
+    if adapter.lora is not None:
+        raise FadeInputError("this model already carries a FADE LoRA; remove it first")
     adapter.freeze()
-    # peft matches a listed name against the end of each module path; full paths match only themselves.
-    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(module_names), lora_dropout=0.0)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        inject_adapter_in_model(config, adapter.denoiser, adapter_name=ADAPTER_NAME)
-    parameters = []
-    for _, layer in lora_layers(adapter.denoiser):
-        parameters += [layer.lora_A[ADAPTER_NAME].weight, layer.lora_B[ADAPTER_NAME].weight]
+    adapter.lora = adapter.attach_lora(list(module_names), rank, alpha, seed)
+    parameters = adapter.lora.parameters()
     for parameter in parameters:
         parameter.requires_grad_(True)
     return parameters
 
 
 def lora_layers(module: nn.Module) -> Iterator[tuple[str, LoraLayer]]:
+    """peft's LoRA layers in a module (those :class:`PeftLora` injected)."""
     for name, layer in module.named_modules():
         if isinstance(layer, LoraLayer) and ADAPTER_NAME in layer.lora_A:
             yield name, layer
 
 
-def remove_lora(module: nn.Module) -> None:
-    """Puts every LoRA-wrapped layer's original module back, leaving ``module`` as it was before
-    :func:`attach_lora`. Hosts that share one model between graphs (ComfyUI) need this."""
-    for name, layer in list(lora_layers(module)):
-        parent_name, _, child = name.rpartition(".")
-        parent = module.get_submodule(parent_name) if parent_name else module
-        setattr(parent, child, layer.get_base_layer())
+def _attached(adapter: DenoiserAdapter) -> AttachedLora:
+    if adapter.lora is None:
+        raise FadeInputError("there is no LoRA on this model: train first")
+    return adapter.lora
+
+
+def remove_lora(adapter: DenoiserAdapter) -> None:
+    """Takes the LoRA off, leaving the denoiser as it was before :func:`attach_lora`. Hosts that
+    share one model between graphs (ComfyUI) need this. Nothing happens when none is attached."""
+    if adapter.lora is not None:
+        adapter.lora.remove()
+        adapter.lora = None
 
 
 @contextlib.contextmanager
-def lora_disabled(module: nn.Module) -> Iterator[None]:
-    """The original model: every LoRA layer passes its input through the frozen base layer alone."""
-    layers = [layer for layer in module.modules() if isinstance(layer, BaseTunerLayer)]
-    for layer in layers:
-        layer.enable_adapters(False)
-    try:
+def lora_disabled(adapter: DenoiserAdapter) -> Iterator[None]:
+    """The original model: the LoRA contributes nothing inside this block."""
+    if adapter.lora is None:
         yield
-    finally:
-        for layer in layers:
-            layer.enable_adapters(True)
+        return
+    with adapter.lora.disabled():
+        yield
 
 
-def lora_state(module: nn.Module) -> dict[str, torch.Tensor]:
+def lora_state(adapter: DenoiserAdapter) -> dict[str, torch.Tensor]:
     """A copy of the LoRA weights in memory, by module name (to keep the last good result)."""
     state = {}
-    for name, layer in lora_layers(module):
-        state[f"{name}.down"] = layer.lora_A[ADAPTER_NAME].weight.detach().clone()
-        state[f"{name}.up"] = layer.lora_B[ADAPTER_NAME].weight.detach().clone()
+    for name, (down, up, _) in _attached(adapter).factors().items():
+        state[f"{name}.down"] = down.detach().clone()
+        state[f"{name}.up"] = up.detach().clone()
     return state
 
 
-def load_lora_state(module: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+def load_lora_state(adapter: DenoiserAdapter, state: Mapping[str, torch.Tensor]) -> None:
     with torch.no_grad():
-        for name, layer in lora_layers(module):
-            layer.lora_A[ADAPTER_NAME].weight.copy_(state[f"{name}.down"])
-            layer.lora_B[ADAPTER_NAME].weight.copy_(state[f"{name}.up"])
+        for name, (down, up, _) in _attached(adapter).factors().items():
+            down.copy_(state[f"{name}.down"])
+            up.copy_(state[f"{name}.up"])
 
 
 def kohya_state_dict(adapter: DenoiserAdapter, state: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """The LoRA as ``{key.lora_down.weight, key.lora_up.weight, key.alpha}`` tensors."""
     out = {}
-    for name, layer in lora_layers(adapter.denoiser):
+    for name, (down, up, scale) in _attached(adapter).factors().items():
         key = adapter.lora_key(name)
-        down = state[f"{name}.down"] if state else layer.lora_A[ADAPTER_NAME].weight
-        up = state[f"{name}.up"] if state else layer.lora_B[ADAPTER_NAME].weight
+        if state:
+            down, up = state[f"{name}.down"], state[f"{name}.up"]
         rank = down.shape[0]
         out[f"{key}.lora_down.weight"] = down.detach().float().cpu().contiguous()
         out[f"{key}.lora_up.weight"] = up.detach().float().cpu().contiguous()
-        # kohya scales by alpha / rank; peft's scaling holds that same ratio.
-        out[f"{key}.alpha"] = torch.tensor(float(layer.scaling[ADAPTER_NAME] * rank))
+        # kohya scales by alpha / rank.
+        out[f"{key}.alpha"] = torch.tensor(float(scale * rank))
     return out
 
 

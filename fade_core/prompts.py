@@ -144,11 +144,48 @@ class PromptSet:
         return "\n".join(lines)
 
 
-def fill(template: str, word: str) -> str:
-    """Puts a word into a template; an empty word removes the slot and tidies spaces."""
-    text = template.replace("{}", word)
-    text = re.sub(r"\s+", " ", text).strip()
-    return re.sub(r"\s+([,.;:!?'])", r"\1", text)
+def fill(template: str, word: str, articles: bool = True) -> str:
+    """Puts a word into a template; an empty word removes the slot and tidies spaces. With
+    ``articles``, the a/an just before the slot follows the word put there ("a painting of an
+    airplane", "an aeroplane at night"), and gives way to a word that brings its own ("a
+    painting of a person", not "of a a person")."""
+    before, _, after = template.partition("{}")
+    article = re.search(r"(?:^|\s)(an?)\s+$", before, flags=re.IGNORECASE) if articles and word.strip() else None
+    if article is not None and re.match(r"(a|an|the)\s", word.strip(), flags=re.IGNORECASE):
+        before, article = before[: article.start(1)], None
+    text = re.sub(r"\s+", " ", before + word + after).strip()
+    text = re.sub(r"\s+([,.;:!?'])", r"\1", text)
+    if article is None:
+        return text
+    start = len(re.sub(r"\s+", " ", before[: article.start(1)]).lstrip())
+    following = text[start + len(article.group(1)) :].lstrip()
+    wanted = "an" if starts_with_vowel_sound(following) else "a"
+    if article.group(1)[0].isupper():
+        wanted = wanted.capitalize()
+    return text[:start] + wanted + text[start + len(article.group(1)) :]
+
+
+# Words whose spelling misleads: a vowel letter sounding like a consonant, or a silent h.
+_CONSONANT_SOUND = re.compile(r"(uni|use|usu|ura|uro|eu|ewe|one\b|once\b|u[bcdfgklmnprstvz][aeiou])", re.IGNORECASE)
+_SILENT_H = re.compile(r"(hour|honest|honou?r|heir)", re.IGNORECASE)
+
+
+def starts_with_vowel_sound(phrase: str) -> bool:
+    """English a/an by the sound of the next word: letters, with the usual exceptions (a unicorn,
+    a European, an hour) and digits and initialisms read aloud (an 8, an 11, an FBI agent)."""
+    word = phrase.split(" ", 1)[0].strip("\"'(")
+    if not word:
+        return False
+    if word[0].isdigit():
+        number = re.match(r"\d+", word).group()
+        return number[0] == "8" or number in ("11", "18") or (len(number) in (5, 6) and number[:2] in ("11", "18"))
+    if len(word) > 1 and word.isupper() and word.isalpha():  # an initialism, read letter by letter
+        return word[0] in "AEFHILMNORSX"
+    if _SILENT_H.match(word):
+        return True
+    if _CONSONANT_SOUND.match(word):
+        return False
+    return word[0].lower() in "aeiou"
 
 
 def mentions(prompt: str, words: Sequence[str]) -> bool:
@@ -167,13 +204,15 @@ def build_prompt_set(
     num_prompts: int = 48,
     validation_fraction: float = 0.25,
     seed: int = 0,
+    articles: bool = True,
 ) -> PromptSet:
     """Builds paired prompts for each concept.
 
     ``num_prompts`` pairs are drawn per concept (over templates x triggers x neutral words, where
     the triggers are the concept and its synonyms), then split into training and validation.
     ``neutral`` is either a list of neutral words shared by all concepts or one list per concept;
-    the empty string removes the concept.
+    the empty string removes the concept. ``articles`` fits the a/an before the slot to each word
+    (see :func:`fill`).
     """
     concepts = [c.strip() for c in concepts]
     if not concepts or any(not c for c in concepts):
@@ -215,7 +254,7 @@ def build_prompt_set(
         rng.shuffle(combos)
         chosen = [combos[i % len(combos)] for i in range(num_prompts)]
         pairs = [
-            PromptPair(concept, fill(template, trigger), fill(template, word), template, trigger, word)
+            PromptPair(concept, fill(template, trigger, articles), fill(template, word, articles), template, trigger, word)
             for template, trigger, word in chosen
         ]
         n_validation = max(1, round(num_prompts * validation_fraction))

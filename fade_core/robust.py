@@ -77,7 +77,7 @@ class AdversarialConditionings:
                 for head in self.heads.tolist()
             ])
             level = self.levels[torch.randint(0, len(self.levels), (self.size,), generator=self.generator)]
-            x_t = self.adapter.add_noise(x0, torch.randn(x0.shape, generator=self.generator), level)
+            x_t = self.adapter.add_noise(x0, torch.randn(x0.shape, generator=self.generator).to(x0.device), level)
             cond = Conditioning(self.conditioning.tensors | {key: soft})
             loss = noise_prediction_error(self.adapter, self.adapter.predict_x0(x_t, level, cond, 1.0), x0, level)
             (grad,) = torch.autograd.grad(loss, [soft])  # the LoRA gets no gradient from the attack
@@ -103,11 +103,11 @@ class AdversarialConditionings:
             for head in heads.tolist()
         ])
         level = self.levels[torch.randint(0, len(self.levels), (count,), generator=self.generator)]
-        x_t = self.adapter.add_noise(x0, torch.randn(x0.shape, generator=self.generator), level)
+        x_t = self.adapter.add_noise(x0, torch.randn(x0.shape, generator=self.generator).to(x0.device), level)
         anchor = Conditioning.cat([
             anchors[head][torch.randint(0, len(anchors[head]), (1,), generator=self.generator)] for head in heads.tolist()
         ])
-        with torch.no_grad(), lora_disabled(self.adapter.denoiser):
+        with torch.no_grad(), lora_disabled(self.adapter):
             target = self.adapter.predict_x0(x_t, level, anchor, 1.0)
         prediction = self.adapter.predict_x0(x_t, level, cond, 1.0)
         return (prediction - target).pow(2).flatten(1).sum(1).mean()

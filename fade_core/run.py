@@ -134,7 +134,7 @@ def _interrupted(trainer: FadeTrainer | None, config: FadeConfig, save) -> FadeI
             where = "in the first LoRA update"
         return FadeInterrupted(f"interrupted {where}, before the LoRA changed: no LoRA was saved")
     done = trainer.steps_done
-    current = lora_state(trainer.adapter.denoiser)
+    current = lora_state(trainer.adapter)
     if all(torch.isfinite(t).all() for t in current.values()):
         state, steps, accuracy = current, done, trainer.last_validation_accuracy if trainer.last_good_step == done else None
     elif trainer.last_good_step:

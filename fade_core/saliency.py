@@ -141,40 +141,40 @@ def compute_saliency(
     generator = torch.Generator().manual_seed(seed)
     levels = adapter.noise_levels(num_sampling_steps)
 
-    weights = {name: module.weight for name, module in modules.items()}
-    flags = {name: w.requires_grad for name, w in weights.items()}
-    for w in weights.values():
-        w.requires_grad_(True)
-    sums = {name: torch.zeros_like(w) for name, w in weights.items()}
-    batches = range(0, len(chosen), batch_size)
-    try:
+    # Every prompt is encoded before the denoiser runs: a host may have to unload one model to
+    # load the other.
+    concepts = adapter.encode([p.concept_prompt for p in chosen]).to(adapter.device)
+    neutrals = adapter.encode([p.neutral_prompt for p in chosen]).to(adapter.device)
+    sums: dict[str, torch.Tensor] = {}
+    with adapter.weight_probes(list(modules)) as probes:
+        batches = range(0, len(chosen), batch_size)
         for done, start in enumerate(batches, start=1):
             batch = chosen[start : start + batch_size]
-            concept = adapter.encode([p.concept_prompt for p in batch])
-            neutral = adapter.encode([p.neutral_prompt for p in batch])
+            concept, neutral = concepts[start : start + batch_size], neutrals[start : start + batch_size]
             noise = initial_noise(adapter, len(batch), generator)
             # The model's own picture of the concept, re-noised at a random step of its trajectory.
             x0 = sample(adapter, concept, noise, num_steps=num_sampling_steps, guidance=guidance)
             step = torch.randint(0, num_sampling_steps, (len(batch),), generator=generator)
-            x_t = adapter.add_noise(x0, torch.randn(x0.shape, generator=generator), levels[step])
+            fresh = torch.randn(x0.shape, generator=generator).to(x0.device)
+            x_t = adapter.add_noise(x0, fresh, levels[step])
             gap = adapter.predict_x0(x_t, levels[step], concept, 1.0) - adapter.predict_x0(x_t, levels[step], neutral, 1.0)
             loss = gap.pow(2).flatten(1).sum(1).mean()
-            grads = torch.autograd.grad(loss, list(weights.values()), allow_unused=True)
-            for (name, _), grad in zip(weights.items(), grads):
+            grads = torch.autograd.grad(loss, list(probes.values()), allow_unused=True)
+            for name, grad in zip(probes, grads):
                 if grad is not None:
-                    sums[name] += grad.abs()
+                    magnitude = grad.detach().abs().float()
+                    sums[name] = sums[name] + magnitude if name in sums else magnitude
             if progress is not None:
                 progress(done, len(batches))
-    finally:
-        for name, w in weights.items():
-            w.requires_grad_(flags[name])
+    sums = {name: sums.get(name, torch.zeros(module.weight.shape)) for name, module in modules.items()}
 
     scores = {name: float(total.sum()) for name, total in sums.items()}
-    sizes = {name: weights[name].numel() for name in weights}
+    sizes = {name: module.weight.numel() for name, module in modules.items()}
     if not any(scores.values()):
         raise FadeInputError(
             "every saliency score is zero: the concept and neutral prompts give the same predictions; "
             "check that the model knows the concept and that the prompts differ"
         )
     selected, criterion = select_modules(scores, top_k=top_k, mass_fraction=mass_fraction)
-    return Saliency(scores, sizes, selected, criterion, sums if keep_weight_scores else {})
+    weight_scores = {name: total.cpu() for name, total in sums.items()} if keep_weight_scores else {}
+    return Saliency(scores, sizes, selected, criterion, weight_scores)

@@ -17,7 +17,9 @@ from .adapter import Conditioning, DenoiserAdapter, per_sample
 
 
 def initial_noise(adapter: DenoiserAdapter, count: int, generator: torch.Generator) -> torch.Tensor:
-    return torch.randn((count, *adapter.sample_shape), generator=generator)
+    """Standard normal noise on the model's device, drawn on the CPU from a CPU generator so that
+    a seed gives the same noise on every device."""
+    return torch.randn((count, *adapter.sample_shape), generator=generator).to(adapter.device)
 
 
 def ddim_step(
@@ -102,6 +104,6 @@ def generate(
     outputs = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
-        cond = adapter.encode(chunk)
+        cond = adapter.encode(chunk).to(adapter.device)
         outputs.append(sample(adapter, cond, noise[start : start + len(chunk)], num_steps=num_steps, guidance=guidance))
     return torch.cat(outputs)

@@ -52,9 +52,7 @@ class FADEComputeSaliency(io.ComfyNode):
         top_k, mass_fraction = (top_k, None) if budget == "top_k" else (None, mass_fraction)
         check_budget(top_k, mass_fraction)  # before the model loads
         progress = Progress(1, running_node_id(cls))
-        with gradients_enabled():
-            adapter = ComfyAdapter(model, clip, width=width, height=height)
-            adapter.make_trainable()
+        with gradients_enabled(), ComfyAdapter(model, clip, width=width, height=height) as adapter:
             saliency = compute_saliency(
                 adapter, prompt_set,
                 top_k=top_k, mass_fraction=mass_fraction,

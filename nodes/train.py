@@ -13,7 +13,6 @@ from ..fade_core.adversary import build_adversary
 from ..fade_core.config import FadeConfig
 from ..fade_core.errors import FadeInputError, FadeInterrupted
 from ..fade_core.fade import StepReport
-from ..fade_core.lora import remove_lora
 from ..fade_core.run import erase_and_export
 from .comfy_adapter import ComfyAdapter
 from .host import Progress, base_family, gradients_enabled, reserve_lora_output, running_node_id
@@ -64,6 +63,8 @@ class FADETrainEraser(io.ComfyNode):
                 io.Int.Input("width", default=512, min=64, max=4096, step=8),
                 io.Int.Input("height", default=512, min=64, max=4096, step=8),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1),
+                io.Boolean.Input("gradient_checkpointing", default=False,
+                                 tooltip="Recompute each UNet/transformer block's activations in backward instead of keeping them: far less memory, about a third more time per step."),
                 io.String.Input("filename_prefix", default="fade/erased",
                                 tooltip="Where the LoRA goes inside the loras folder; a number is appended."),
                 io.Vae.Input("vae", optional=True, tooltip="Only the clip adversary needs it."),
@@ -76,7 +77,8 @@ class FADETrainEraser(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip, prompt_set, saliency, steps, adversary_warmup, learning_rate, lora_rank,
                 preservation_weight, t0_fraction, guidance, sampling_steps, batch_size, adversary,
-                clip_vision_weights, clip_architecture, width, height, seed, filename_prefix, vae=None) -> io.NodeOutput:
+                clip_vision_weights, clip_architecture, width, height, seed, gradient_checkpointing, filename_prefix,
+                vae=None) -> io.NodeOutput:
         config = FadeConfig(
             steps=steps, adversary_warmup=adversary_warmup, batch_size=batch_size, lora_rank=lora_rank,
             lora_alpha=float(lora_rank), learning_rate=learning_rate, preservation_weight=preservation_weight,
@@ -97,9 +99,11 @@ class FADETrainEraser(io.ComfyNode):
                     "validation_accuracy": report.validation_accuracy,
                 })
 
-        with reserve_lora_output(filename_prefix) as output, gradients_enabled():
-            adapter = ComfyAdapter(model, clip, width=width, height=height, vae=vae)
-            adapter.make_trainable()
+        with reserve_lora_output(filename_prefix) as output, gradients_enabled(), ComfyAdapter(
+            model, clip, width=width, height=height, vae=vae, gradient_checkpointing=gradient_checkpointing
+        ) as adapter:
+            # One forward holds the concept and neutral halves of a batch, doubled by CFG.
+            adapter.plan_batch(2 * batch_size * (1 if adapter.distilled_guidance or guidance == 1.0 else 2))
             judge = None
             if adversary == "clip":
                 judge = build_adversary(
@@ -116,8 +120,6 @@ class FADETrainEraser(io.ComfyNode):
             except FadeInterrupted as stop:
                 logging.warning("FADE: %s", stop)
                 raise stop.__cause__  # ComfyUI's own interrupt, so that the queue stops as it expects
-            finally:
-                remove_lora(adapter.denoiser)  # the shared model goes back to how the graph gave it
         result, path, lora = erasure.result, erasure.path, erasure.lora
 
         erased, _ = comfy.sd.load_lora_for_models(model, None, lora, 1.0, 0.0)

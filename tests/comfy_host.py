@@ -157,3 +157,39 @@ def tiny_clip():
     clip = comfy.sd.CLIP(target)
     _initialise(clip.cond_stage_model, seed=3)
     return clip
+
+
+def write_tiny_sd15_checkpoint(path: Path) -> Path:
+    """A checkpoint file that ComfyUI's CheckpointLoaderSimple reads as SD1.5: SD1.5's UNet widths
+    (320 channels, 768-wide text context) with one level and one block per level, the real CLIP-L
+    text encoder and SD VAE layouts, random weights, float16 (about 450 MB)."""
+    import comfy.ldm.models.autoencoder
+    import comfy.model_management
+    import comfy.sd
+    import comfy.sd1_clip
+    import comfy.supported_models
+
+    unet_config = {
+        "model_channels": 320, "context_dim": 768, "channel_mult": [1], "num_res_blocks": [1],
+        "transformer_depth": [1], "transformer_depth_output": [1, 1], "transformer_depth_middle": 1,
+        "in_channels": 4, "out_channels": 4, "use_spatial_transformer": True, "legacy": False,
+        "image_size": 32, "adm_in_channels": None, "use_linear_in_transformer": False,
+        "use_temporal_attention": False, "use_temporal_resblock": False,
+    }
+    with torch.inference_mode():
+        model = _random_model(comfy.supported_models.SD15, unet_config, seed=11)
+        target = types.SimpleNamespace(clip=comfy.sd1_clip.SD1ClipModel, tokenizer=comfy.sd1_clip.SD1Tokenizer, params={})
+        clip = comfy.sd.CLIP(target)
+        _initialise(clip.cond_stage_model, seed=12)
+        ddconfig = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3, "ch": 128,
+                    "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [], "dropout": 0.0}
+        autoencoder = comfy.ldm.models.autoencoder.AutoencoderKL(ddconfig=ddconfig, embed_dim=4)
+        _initialise(autoencoder, seed=13)
+        vae_sd = {key: value.half() for key, value in autoencoder.state_dict().items()}
+        clip_sd = {key: value.half() for key, value in clip.get_sd().items()}
+        sd = model.model.state_dict_for_saving(clip_sd, vae_sd, None)
+    sd = {key: (value.half() if value.is_floating_point() else value).contiguous() for key, value in sd.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    comfy.utils.save_torch_file(sd, str(path))
+    comfy.model_management.unload_all_models()
+    return path

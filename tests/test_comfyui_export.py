@@ -22,9 +22,7 @@ def random_lora(model, family_filter) -> dict[str, torch.Tensor]:
     from comfyui_fade.fade_core.lora import attach_lora, kohya_state_dict, remove_lora
     from comfyui_fade.nodes.comfy_adapter import ComfyAdapter
 
-    with torch.inference_mode(False):
-        adapter = ComfyAdapter(model, tiny_clip(), width=64, height=64)
-        adapter.make_trainable()
+    with torch.inference_mode(False), ComfyAdapter(model, tiny_clip(), width=64, height=64) as adapter:
         names = [n for n in adapter.lora_candidates("all") if family_filter(n)]
         parameters = attach_lora(adapter, names, rank=2, alpha=1.0, seed=0)
         generator = torch.Generator().manual_seed(5)
@@ -32,7 +30,7 @@ def random_lora(model, family_filter) -> dict[str, torch.Tensor]:
             for parameter in parameters:
                 parameter.copy_(0.2 * torch.randn(parameter.shape, generator=generator))
         state = kohya_state_dict(adapter)
-        remove_lora(adapter.denoiser)
+        remove_lora(adapter)
     return state
 
 

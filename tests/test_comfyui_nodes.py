@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from comfy_host import SKIP_REASON, comfyui_path, node_classes, start_host, tiny_clip, tiny_flux, tiny_sd15
+from comfy_host import SKIP_REASON, comfyui_path, node_classes, start_host, tiny_clip, tiny_flux, tiny_sd15, tiny_sdxl
 
 pytestmark = [pytest.mark.comfyui, pytest.mark.skipif(comfyui_path() is None, reason=SKIP_REASON)]
 
@@ -44,7 +44,7 @@ def run_nodes(nodes, model, clip, prefix, **train):
             steps=STEPS, adversary_warmup=WARMUP, learning_rate=5e-3, lora_rank=2, preservation_weight=20.0,
             t0_fraction=0.5, guidance=3.0, sampling_steps=4, batch_size=2, adversary="latent",
             clip_vision_weights="none", clip_architecture="ViT-B-32", width=SIZE, height=SIZE, seed=0,
-            filename_prefix=prefix,
+            gradient_checkpointing=False, filename_prefix=prefix,
         ) | train
         erased, stats = nodes["FADETrainEraser"].execute(model, clip, prompt_set, saliency, **settings).args
     return prompt_set, preview, saliency, summary, erased, stats
@@ -112,6 +112,11 @@ def test_all_four_nodes_run_and_comfyui_loads_the_lora(host, clip, family, monke
 
     written = [name for name in folder_paths.get_filename_list("loras") if name.startswith(f"fade/{family}")]
     assert written == [f"fade/{family}_00001.safetensors"]
+    from comfyui_fade.fade_core.files import read_safetensors_metadata
+
+    metadata = read_safetensors_metadata(loras / written[0])
+    kohya_family = {"sd15": "sd_v1", "flux": "flux1"}[family]  # what kohya's tools write and read
+    assert metadata["ss_base_model_version"] == metadata["fade_base_model"] == kohya_family
     erased_output = denoise(erased, clip)
     assert (erased_output - before).abs().max() > 1e-6  # the eraser changed the model
 
@@ -177,13 +182,11 @@ def test_an_interrupt_keeps_the_last_good_lora_and_leaves_no_half_file(host, cli
 
 def test_flux_lora_gradients_match_finite_differences(host, clip):
     """FLUX's in-place residual adds must not corrupt the gradients the LoRA learns from."""
-    from comfyui_fade.fade_core.lora import attach_lora, lora_layers, remove_lora
+    from comfyui_fade.fade_core.lora import attach_lora
     from comfyui_fade.nodes.comfy_adapter import ComfyAdapter
 
     model = tiny_flux()
-    with torch.inference_mode(False), torch.enable_grad():
-        adapter = ComfyAdapter(model, clip, width=SIZE, height=SIZE)
-        adapter.make_trainable()
+    with torch.inference_mode(False), torch.enable_grad(), ComfyAdapter(model, clip, width=SIZE, height=SIZE) as adapter:
         names = [n for n in adapter.lora_candidates("attention") if n.startswith(("double_blocks", "single_blocks"))]
         parameters = attach_lora(adapter, names, rank=2, alpha=2.0, seed=0)
         generator = torch.Generator().manual_seed(0)
@@ -212,5 +215,12 @@ def test_flux_lora_gradients_match_finite_differences(host, clip):
             numeric = (upper - lower) / (2 * step)
             assert numeric == pytest.approx(grad[index].item(), rel=2e-2, abs=1e-4)
             checked += 1
-        remove_lora(adapter.denoiser)
-    assert checked == 6 and not list(lora_layers(model.model.diffusion_model))
+    assert checked == 6
+
+
+def test_model_families_carry_kohyas_names(host):
+    from comfyui_fade.nodes.comfy_adapter import model_family
+
+    assert model_family(tiny_sd15()) == "sd_v1"
+    assert model_family(tiny_sdxl()) == "sdxl_base_v1-0"
+    assert model_family(tiny_flux()) == "flux1"

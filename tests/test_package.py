@@ -1,6 +1,5 @@
 """The pack's entry file imports cleanly where ComfyUI is absent (tests, other tools)."""
 
-import importlib.util
 import shutil
 import subprocess
 import sys
@@ -11,18 +10,20 @@ from comfy_host import REPO
 
 
 def test_the_pack_imports_without_comfyui():
-    if importlib.util.find_spec("comfy_api") is not None:
-        pytest.skip("ComfyUI is importable here; tests/test_comfyui_nodes.py covers the loaded pack")
-    spec = importlib.util.spec_from_file_location("fade_pack_without_host", REPO / "__init__.py",
-                                                  submodule_search_locations=[str(REPO)])
-    pack = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = pack
-    try:
-        spec.loader.exec_module(pack)
-    finally:
-        del sys.modules[spec.name]
-    assert pack.WEB_DIRECTORY == "./web"
-    assert not hasattr(pack, "comfy_entrypoint")  # no nodes without a host
+    """In a fresh interpreter, so that a ComfyUI imported by the host tests cannot interfere."""
+    script = (
+        "import importlib.util, sys\n"
+        "assert importlib.util.find_spec('comfy_api') is None, 'ComfyUI is importable in this interpreter'\n"
+        f"spec = importlib.util.spec_from_file_location('fade_pack_without_host', {str(REPO / '__init__.py')!r}, "
+        f"submodule_search_locations=[{str(REPO)!r}])\n"
+        "pack = importlib.util.module_from_spec(spec)\n"
+        "sys.modules[spec.name] = pack\n"
+        "spec.loader.exec_module(pack)\n"
+        "print(pack.WEB_DIRECTORY, hasattr(pack, 'comfy_entrypoint'))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd="/")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["./web", "False"]  # the web view is declared, and no nodes without a host
 
 
 def test_the_web_view_listens_for_the_event_the_nodes_send():

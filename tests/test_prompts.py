@@ -4,13 +4,19 @@ import pytest
 
 from fade_core.digits.judge import default_prompt_set
 from fade_core.errors import FadeInputError
-from fade_core.prompts import CATEGORIES, PromptSet, build_prompt_set, mentions, require_mentions
+from fade_core.prompts import CATEGORIES, PromptSet, build_prompt_set, fill, mentions, require_mentions
 
 
 def _differ_only_in(pair):
-    """The concept prompt with its trigger swapped for the neutral word is the neutral prompt."""
+    """The concept prompt with its trigger swapped for the neutral word is the neutral prompt, up
+    to the article before the slot (a/an, or none where the neutral word brings one)."""
     swapped = re.sub(rf"(?<!\w){re.escape(pair.trigger)}(?!\w)", pair.neutral, pair.concept_prompt, count=1)
-    return " ".join(swapped.split()) == pair.neutral_prompt
+
+    def articles_alike(text):
+        text = re.sub(r"\b(an?) (an?|the) ", r"\2 ", " ".join(text.split()), flags=re.IGNORECASE)
+        return re.sub(r"\ban\b", "a", text)
+
+    return articles_alike(swapped) == articles_alike(pair.neutral_prompt)
 
 
 @pytest.mark.parametrize("category", CATEGORIES)
@@ -76,3 +82,27 @@ def test_prompts_that_never_name_the_concept_are_refused():
     with pytest.raises(FadeInputError, match="none of the 2 prompts mentions"):
         require_mentions(["a dog", "a cat"], ["airplane", "jet"], "'airplane'")
     require_mentions(["a dog", "a jet in the sky"], ["airplane", "jet"], "'airplane'")
+
+
+@pytest.mark.parametrize(("template", "word", "expected"), [
+    ("a painting of a {}", "airplane", "a painting of an airplane"),
+    ("a {} at night", "aeroplane", "an aeroplane at night"),
+    ("a photo of a {}", "jet", "a photo of a jet"),
+    ("an oil painting of a {} figure", "nude", "an oil painting of a nude figure"),
+    ("a {} couple", "erotic", "an erotic couple"),
+    ("a photo of a {}", "unicorn", "a photo of a unicorn"),
+    ("a photo of a {}", "hourglass", "a photo of an hourglass"),
+    ("A {} in the snow", "owl", "An owl in the snow"),
+    ("a {} person", "", "a person"),
+    ("a painting of a {}", "a painter", "a painting of a painter"),
+])
+def test_the_article_before_the_slot_fits_the_word(template, word, expected):
+    assert fill(template, word) == expected
+
+
+def test_no_prompt_of_a_built_set_has_a_wrong_article():
+    prompt_set = build_prompt_set(["airplane"], synonyms={"airplane": ["aeroplane", "jet", "aircraft"]}, num_prompts=64)
+    for pair in prompt_set.pairs("all"):
+        for prompt in (pair.concept_prompt, pair.neutral_prompt):
+            assert not re.search(r"\ba (airplane|aeroplane|aircraft|object)\b", prompt), prompt
+            assert not re.search(r"\ban (jet)\b", prompt), prompt

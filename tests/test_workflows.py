@@ -16,6 +16,7 @@ pytestmark = [pytest.mark.comfyui, pytest.mark.skipif(comfyui_path() is None, re
 
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+FRONTEND_NODES = {"Note", "MarkdownNote"}  # drawn by the editor only, never sent to the server
 CATEGORIES = {"object", "celebrity", "explicit", "style"}
 
 
@@ -76,6 +77,9 @@ def test_workflow_fits_the_node_schemas(schemas, path: Path):
     workflow = json.loads(path.read_text())
     nodes = {node["id"]: node for node in workflow["nodes"]}
     for node in nodes.values():
+        if node["type"] in FRONTEND_NODES:
+            assert all(isinstance(value, str) for value in node["widgets_values"])
+            continue
         assert node["type"] in schemas, f"{path.name}: unknown node type {node['type']}"
         inputs, _ = schemas[node["type"]]
         sockets = {name: kind for name, kind, _ in inputs if kind not in WIDGET_TYPES}
@@ -110,3 +114,13 @@ def test_there_is_a_workflow_for_every_category_and_one_for_several_concepts():
                 seen.add(category)
                 multi |= len([c for c in concepts.splitlines() if c.strip()]) > 1
     assert seen == CATEGORIES and multi
+
+
+def test_the_apply_workflow_says_on_the_canvas_what_to_run_first():
+    workflow = json.loads((REPO / "workflows" / "fade_apply_erased_lora.json").read_text())
+    notes = [node["widgets_values"][0] for node in workflow["nodes"] if node["type"] == "Note"]
+    chosen = next(node["widgets_values"][0] for node in workflow["nodes"] if node["type"] == "FADEApplyErasedLoRA")
+    writer = json.loads((REPO / "workflows" / "fade_object_airplane.json").read_text())
+    prefix = next(node["widgets_values"][-1] for node in writer["nodes"] if node["type"] == "FADETrainEraser")
+    assert chosen == f"{prefix}_00001.safetensors"  # the file the named workflow writes on its first run
+    assert notes and "fade_object_airplane.json" in notes[0] and chosen in notes[0]

@@ -19,6 +19,11 @@ HERE = Path(__file__).resolve().parent
 CHECKPOINT = "v1-5-pruned-emaonly.safetensors"
 NEGATIVE = "blurry, low quality"
 SEED = 42
+APPLY_NOTE = (
+    "This graph applies a LoRA that an erasure wrote. Run fade_object_airplane.json first: its Train node writes "
+    "models/loras/fade/object_airplane_00001.safetensors. Or choose any LoRA in the lora_name list "
+    "(press R to refresh the list after a run)."
+)
 
 
 @dataclass
@@ -30,6 +35,7 @@ class Node:
     inputs: list[tuple[str, str]] = field(default_factory=list)  # (name, type) of sockets, in order
     outputs: list[tuple[str, str]] = field(default_factory=list)
     title: str | None = None
+    size: tuple[int, int] = (320, 160)  # the editor grows a node to fit its widgets (and FADE's chart and text)
 
 
 class Graph:
@@ -37,8 +43,8 @@ class Graph:
         self.nodes: list[Node] = []
         self.links: list[list] = []  # [link id, from node, from slot, to node, to slot, type]
 
-    def add(self, type_: str, pos, widgets, inputs=(), outputs=(), title=None) -> Node:
-        node = Node(len(self.nodes) + 1, type_, pos, list(widgets), list(inputs), list(outputs), title)
+    def add(self, type_: str, pos, widgets, inputs=(), outputs=(), title=None, size=(320, 160)) -> Node:
+        node = Node(len(self.nodes) + 1, type_, pos, list(widgets), list(inputs), list(outputs), title, size)
         self.nodes.append(node)
         return node
 
@@ -60,7 +66,7 @@ class Graph:
                 links = [l[0] for l in self.links if l[1] == node.id and l[2] == slot]
                 outputs.append({"name": name, "type": type_, "links": links, "slot_index": slot})
             entry = {
-                "id": node.id, "type": node.type, "pos": list(node.pos), "size": [320, 160], "flags": {},
+                "id": node.id, "type": node.type, "pos": list(node.pos), "size": list(node.size), "flags": {},
                 "order": order, "mode": 0, "inputs": inputs, "outputs": outputs,
                 "properties": {"Node name for S&R": node.type}, "widgets_values": node.widgets,
             }
@@ -108,18 +114,18 @@ def erasure_workflow(name: str, concepts: str, category: str, synonyms: str, neu
     checkpoint = graph.add("CheckpointLoaderSimple", (0, 200), [CHECKPOINT], [],
                            [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")])
     prompts = graph.add("FADEBuildPromptSet", (380, 0), [concepts, category, synonyms, neutral, 48, 0, "fixed"], [],
-                        [("prompt_set", "FADE_PROMPT_SET"), ("preview", "STRING")])
+                        [("prompt_set", "FADE_PROMPT_SET"), ("preview", "STRING")], size=(400, 560))
     saliency = graph.add(
-        "FADEComputeSaliency", (380, 420),
+        "FADEComputeSaliency", (380, 620),
         ["mass_fraction", 1.0, 16, "cross_attention", 32, 10, 7.5, 512, 512, 0, "fixed"],
         [("model", "MODEL"), ("clip", "CLIP"), ("prompt_set", "FADE_PROMPT_SET")],
-        [("saliency", "FADE_SALIENCY"), ("summary", "STRING")],
+        [("saliency", "FADE_SALIENCY"), ("summary", "STRING")], size=(400, 520),
     )
     train = graph.add(
-        "FADETrainEraser", (800, 200),
-        [400, 60, 1e-4, 4, 20.0, 0.5, 7.5, 10, 4, "latent", "none", "ViT-B-32", 512, 512, 0, "fixed", f"fade/{name}"],
+        "FADETrainEraser", (820, 0),
+        [400, 60, 1e-4, 4, 20.0, 0.5, 7.5, 10, 4, "latent", "none", "ViT-B-32", 512, 512, 0, "fixed", False, f"fade/{name}"],
         [("model", "MODEL"), ("clip", "CLIP"), ("prompt_set", "FADE_PROMPT_SET"), ("saliency", "FADE_SALIENCY"), ("vae", "VAE")],
-        [("erased_model", "MODEL"), ("stats", "STRING")],
+        [("erased_model", "MODEL"), ("stats", "STRING")], size=(440, 900),
     )
     for target in (saliency, train):
         graph.link(checkpoint, "MODEL", target, "model")
@@ -135,8 +141,10 @@ def apply_workflow() -> dict:
     graph = Graph()
     checkpoint = graph.add("CheckpointLoaderSimple", (0, 200), [CHECKPOINT], [],
                            [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")])
+    graph.add("Note", (0, -160), [APPLY_NOTE], title="Run an erasure first", size=(760, 130))
     apply = graph.add("FADEApplyErasedLoRA", (400, 200), ["fade/object_airplane_00001.safetensors", 1.0, False],
-                      [("model", "MODEL"), ("clip", "CLIP")], [("model", "MODEL"), ("clip", "CLIP"), ("erasure", "STRING")])
+                      [("model", "MODEL"), ("clip", "CLIP")], [("model", "MODEL"), ("clip", "CLIP"), ("erasure", "STRING")],
+                      size=(400, 300))
     graph.link(checkpoint, "MODEL", apply, "model")
     render_before_after(graph, checkpoint, apply, "model", "a photo of an airplane in the sky", "apply")
     return graph.to_ui("apply an erased-concept LoRA written earlier")

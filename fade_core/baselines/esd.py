@@ -57,7 +57,7 @@ class EsdResult:
 
 def esd_target(adapter: DenoiserAdapter, x_t, level, concept, null, eta: float) -> torch.Tensor:
     """The frozen model's prediction guided away from the concept."""
-    with torch.no_grad(), lora_disabled(adapter.denoiser):
+    with torch.no_grad(), lora_disabled(adapter):
         unconditional = adapter.predict_x0(x_t, level, null, 1.0)
         conditional = adapter.predict_x0(x_t, level, concept, 1.0)
     return unconditional - eta * (conditional - unconditional)
@@ -101,4 +101,4 @@ def erase_esd(
         losses.append(loss.item())
         if progress is not None:
             progress(step, loss.item())
-    return EsdResult(lora_state(adapter.denoiser), losses, time.time() - started)
+    return EsdResult(lora_state(adapter), losses, time.time() - started)

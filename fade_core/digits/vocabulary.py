@@ -295,6 +295,7 @@ def default_prompt_set(
         templates=eraser_templates(category),
         num_prompts=num_prompts,
         seed=seed,
+        articles=False,  # the embedded model learned its captions with "a" before every digit ("a eight")
     )
 
 
