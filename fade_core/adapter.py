@@ -73,6 +73,9 @@ class DenoiserAdapter(abc.ABC):
     context_key: str = "context"
     #: The LoRA that :func:`fade_core.lora.attach_lora` attached, if any.
     lora: AttachedLora | None = None
+    #: The text encoder, where this host lets a LoRA go into it too (its modules are LoRA candidates
+    #: of the "text_encoder" family, named with :data:`TEXT_ENCODER_PREFIX`); None: the denoiser only.
+    text_encoder: nn.Module | None = None
 
     @property
     def device(self) -> torch.device:
@@ -118,15 +121,33 @@ class DenoiserAdapter(abc.ABC):
     }
 
     def lora_candidates(self, family: str = "all") -> dict[str, nn.Module]:
-        """Linear and Conv2d layers of :attr:`denoiser` in a family, by module name."""
+        """Linear and Conv2d layers of :attr:`denoiser` in a family, by module name; the family
+        "text_encoder" holds the linear layers of :attr:`text_encoder`, named with its prefix."""
+        if family == TEXT_ENCODER_FAMILY and self.text_encoder is not None:
+            return {
+                TEXT_ENCODER_PREFIX + name: module
+                for name, module in self.text_encoder.named_modules()
+                if isinstance(module, nn.Linear)
+            }
         if family not in self.families:
-            raise FadeInputError(f"unknown module family {family!r}; choose one of {', '.join(self.families)}")
+            choices = [*self.families, *([TEXT_ENCODER_FAMILY] if self.text_encoder is not None else [])]
+            raise FadeInputError(f"unknown module family {family!r}; choose one of {', '.join(choices)}")
         accepts = self.families[family]
         return {
             name: module
             for name, module in self.denoiser.named_modules()
             if isinstance(module, (nn.Linear, nn.Conv2d)) and accepts(name)
         }
+
+    @property
+    def trains_text_encoder(self) -> bool:
+        """Whether the attached LoRA reaches into the text encoder: then prompts are encoded anew,
+        with gradient, wherever the current model reads them (:meth:`encode_trainable`)."""
+        return self.lora is not None and any(name.startswith(TEXT_ENCODER_PREFIX) for name in self.lora.factors())
+
+    def encode_trainable(self, prompts: Sequence[str]) -> Conditioning:
+        """Conditioning for each prompt through the current text encoder, with gradient."""
+        raise FadeInputError(f"{type(self).__name__} cannot train its text encoder; choose a denoiser module family")
 
     @abc.abstractmethod
     def lora_key(self, module_name: str) -> str:
@@ -141,16 +162,26 @@ class DenoiserAdapter(abc.ABC):
         return per_sample(alpha, x0) * x0 + per_sample(sigma, x0) * noise
 
     def freeze(self) -> None:
-        """Freezes the denoiser; LoRA layers bring their own trainable parameters."""
+        """Freezes the denoiser (and the text encoder); LoRA layers bring their own trainable parameters."""
         self.denoiser.requires_grad_(False)
+        if self.text_encoder is not None:
+            self.text_encoder.requires_grad_(False)
 
     def attach_lora(self, module_names: Sequence[str], rank: int, alpha: float, seed: int) -> AttachedLora:
-        """Puts LoRA layers on the named modules of :attr:`denoiser`. This default injects peft
-        layers into the module itself, for models the caller owns; a host whose model is shared
-        attaches them its own way. Call it through :func:`fade_core.lora.attach_lora`."""
-        from .lora import PeftLora
+        """Puts LoRA layers on the named modules of :attr:`denoiser` (and of :attr:`text_encoder`,
+        for names with its prefix). This default injects peft layers into the modules themselves,
+        for models the caller owns; a host whose model is shared attaches them its own way. Call
+        it through :func:`fade_core.lora.attach_lora`."""
+        from .lora import CombinedLora, PeftLora
 
-        return PeftLora(self.denoiser, module_names, rank, alpha, seed)
+        text = [name.removeprefix(TEXT_ENCODER_PREFIX) for name in module_names if name.startswith(TEXT_ENCODER_PREFIX)]
+        denoiser = [name for name in module_names if not name.startswith(TEXT_ENCODER_PREFIX)]
+        parts = {}
+        if denoiser:
+            parts[""] = PeftLora(self.denoiser, denoiser, rank, alpha, seed)
+        if text:
+            parts[TEXT_ENCODER_PREFIX] = PeftLora(self.text_encoder, text, rank, alpha, seed)
+        return parts[""] if list(parts) == [""] else CombinedLora(parts)
 
     @contextlib.contextmanager
     def weight_probes(self, module_names: Sequence[str]) -> Iterator[dict[str, torch.Tensor]]:
@@ -167,6 +198,10 @@ class DenoiserAdapter(abc.ABC):
         finally:
             for name, weight in weights.items():
                 weight.requires_grad_(flags[name])
+
+
+TEXT_ENCODER_FAMILY = "text_encoder"
+TEXT_ENCODER_PREFIX = "text_encoder."
 
 
 def per_sample(scale: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

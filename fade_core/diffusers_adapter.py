@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from .adapter import Conditioning, DenoiserAdapter, per_sample
+from .adapter import TEXT_ENCODER_PREFIX, Conditioning, DenoiserAdapter, per_sample
 
 
 class DiffusersAdapter(DenoiserAdapter):
@@ -52,7 +52,10 @@ class DiffusersAdapter(DenoiserAdapter):
 
     @torch.no_grad()
     def encode(self, prompts: Sequence[str]) -> Conditioning:
-        ids = self.tokenize(list(prompts))
+        return self.encode_trainable(prompts)
+
+    def encode_trainable(self, prompts: Sequence[str]) -> Conditioning:
+        ids = self.tokenize(list(prompts)).to(self.device)
         return Conditioning({"context": self.text_encoder(ids).last_hidden_state})
 
     def null_conditioning(self) -> Conditioning:
@@ -92,6 +95,11 @@ class DiffusersAdapter(DenoiserAdapter):
         return x0
 
     def lora_key(self, module_name: str) -> str:
+        if module_name.startswith(TEXT_ENCODER_PREFIX):
+            # kohya's SD1.x spelling (lora_te_text_model_encoder_layers_0_...), whichever module path
+            # this transformers version gives the CLIP text model
+            name = module_name.removeprefix(TEXT_ENCODER_PREFIX).removeprefix("text_model.")
+            return "lora_te_text_model_" + name.replace(".", "_")
         return "lora_unet_" + module_name.replace(".", "_")
 
     def to_images(self, samples: torch.Tensor) -> torch.Tensor:

@@ -216,7 +216,10 @@ class FadeTrainer:
         # Lines 5-6: the pool's pairs, each at its own step k of a trajectory that the current
         # model samples without gradient; one x0 prediction there, differentiable when training.
         pairs, steps, concept_state, neutral_state = self.pool.current()
-        concept_cond, neutral_cond = self.pool.concept_cond, self._neutral_cond[pairs.to(self.device)]
+        original_neutral = self._neutral_cond[pairs.to(self.device)]
+        concept_cond, neutral_cond = self.pool.concept_cond, original_neutral
+        if training and self.adapter.trains_text_encoder:
+            concept_cond, neutral_cond = self._read_by_current_text_encoder(pairs, concept_cond)
         heads, levels = self.pool.heads, self.levels[steps]
         with torch.set_grad_enabled(training):
             x0 = self.adapter.predict_x0(
@@ -238,7 +241,7 @@ class FadeTrainer:
                 loss_removal = (x_c - x_notc.detach()).pow(2).flatten(1).mean(1).mean()
             early = (steps < self.preserved_steps).to(self.device)
             loss_preservation = preservation_loss(
-                self.adapter, x_notc[early], neutral_state[early], levels[early], neutral_cond[early], cfg.guidance
+                self.adapter, x_notc[early], neutral_state[early], levels[early], original_neutral[early], cfg.guidance
             )
             loss = loss_removal + cfg.preservation_weight * loss_preservation
             if self.adversarial is not None and cfg.robust_anchor_weight > 0:  # robust extension
@@ -296,6 +299,18 @@ class FadeTrainer:
         accuracy = ((logits > 0).float() == targets).float().mean().item()
         return loss.item(), accuracy
 
+    def _read_by_current_text_encoder(self, pairs: torch.Tensor, concept_cond: Conditioning) -> tuple[Conditioning, Conditioning]:
+        """With a LoRA in the text encoder, the pairs' prompts as the current encoder reads them,
+        with gradient (slots that hold a soft conditioning from the robust bank keep it)."""
+        chosen = [self.train_pairs[i] for i in pairs.tolist()]
+        fresh = self.adapter.encode_trainable([p.concept_prompt for p in chosen])
+        keep = self.pool.from_bank.to(self.device)
+        concept = Conditioning({
+            key: torch.where(keep.reshape(-1, *[1] * (value.dim() - 1)), concept_cond.tensors[key], value)
+            for key, value in fresh.tensors.items()
+        })
+        return concept, self.adapter.encode_trainable([p.neutral_prompt for p in chosen])
+
     # -- robust extension: the inner attack's bank ------------------------------------------------
 
     def _adversarial_bank(self) -> AdversarialConditionings:
@@ -329,11 +344,9 @@ class FadeTrainer:
     def _validation_batch(self, pairs: list[PromptPair]):
         repeats = self.config.validation_repeats
         pairs = [p for p in pairs for _ in range(repeats)]
-        concept = self.adapter.encode([p.concept_prompt for p in pairs]).to(self.device)
-        neutral = self.adapter.encode([p.neutral_prompt for p in pairs]).to(self.device)
         heads = torch.tensor([self.prompt_set.concept_index(p.concept) for p in pairs], device=self.device)
         noise = initial_noise(self.adapter, len(pairs), torch.Generator().manual_seed(self.config.seed + 1))
-        return concept, neutral, heads, noise
+        return pairs, heads, noise
 
     @torch.no_grad()
     def validation_accuracy(self, adversary: nn.Module | None = None) -> float:
@@ -341,8 +354,9 @@ class FadeTrainer:
         ``adversary`` judges instead of the live D (for example a copy taken before training)."""
         if adversary is None:
             adversary = self.adversary
-        concept, neutral, heads, noise = self._validation
-        cond = Conditioning.cat([concept, neutral])
+        pairs, heads, noise = self._validation
+        # Encoded at each validation: a LoRA in the text encoder changes how it reads them.
+        cond = self.adapter.encode([p.concept_prompt for p in pairs] + [p.neutral_prompt for p in pairs]).to(self.device)
         samples = sample(self.adapter, cond, torch.cat([noise, noise]), num_steps=self.config.sampling_steps, guidance=self.config.guidance)
         if not torch.isfinite(samples).all():
             cfg = self.config
@@ -417,7 +431,7 @@ class PairTrajectories:
         cfg = trainer.config
         self.num_steps = cfg.sampling_steps
         self.pairs_of_head = [torch.nonzero(trainer._heads == h).flatten().cpu() for h in range(len(trainer.prompt_set.concepts))]
-        self.pairs, self.concept_cond, self.heads = self._draw_slots(size)
+        self.pairs, self.concept_cond, self.heads, self.from_bank = self._draw_slots(size)
         self.steps = torch.arange(size) * self.num_steps // size
         noise = initial_noise(trainer.adapter, size, trainer.generator)
         cond = Conditioning.cat([self.concept_cond, trainer._neutral_cond[self.pairs.to(trainer.device)]])
@@ -428,13 +442,15 @@ class PairTrajectories:
         both = torch.stack([states[k][i] for k, i in zip(self.steps.tolist() * 2, range(2 * size))])
         self.concept, self.neutral = both.chunk(2)
 
-    def _draw_slots(self, count: int) -> tuple[torch.Tensor, Conditioning, torch.Tensor]:
+    def _draw_slots(self, count: int) -> tuple[torch.Tensor, Conditioning, torch.Tensor, torch.Tensor]:
         trainer, rng = self.trainer, self.trainer.random
         pairs = torch.tensor([rng.randrange(len(trainer.train_pairs)) for _ in range(count)], dtype=torch.long)
         cond, heads = trainer._concept_cond[pairs], trainer._heads[pairs]
+        from_bank = torch.zeros(count, dtype=torch.bool)
         bank = trainer.adversarial
         if bank is not None:
             chosen = [i for i in range(count) if rng.random() < trainer.config.robust_share]
+            from_bank[chosen] = True
             if chosen:
                 soft, soft_heads = bank.draw(len(chosen))
                 tensors = {key: value.clone() for key, value in cond.tensors.items()}
@@ -445,7 +461,7 @@ class PairTrajectories:
                 for i, head in zip(chosen, soft_heads.tolist()):
                     mine = self.pairs_of_head[head]
                     pairs[i] = mine[rng.randrange(len(mine))]
-        return pairs, cond, heads
+        return pairs, cond, heads, from_bank
 
     def current(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.pairs, self.steps, self.concept, self.neutral
@@ -468,8 +484,8 @@ class PairTrajectories:
             start = adapter.add_noise(torch.zeros_like(noise), noise, levels[0].expand(count))
             on_device = finished.to(start.device)
             self.concept[on_device], self.neutral[on_device] = start, start
-            pairs, cond, heads = self._draw_slots(count)
-            self.pairs[finished], self.heads[on_device] = pairs, heads
+            pairs, cond, heads, from_bank = self._draw_slots(count)
+            self.pairs[finished], self.heads[on_device], self.from_bank[finished] = pairs, heads, from_bank
             tensors = {key: value.clone() for key, value in self.concept_cond.tensors.items()}
             for key, value in cond.tensors.items():
                 tensors[key][on_device] = value

@@ -93,6 +93,25 @@ class PeftLora(AttachedLora):
             del self.module.peft_config
 
 
+class CombinedLora(AttachedLora):
+    """LoRAs on several modules of one model (the denoiser and the text encoder), as one; each
+    part's module names carry its prefix."""
+
+    def __init__(self, parts: Mapping[str, AttachedLora]) -> None:
+        self.parts = dict(parts)
+
+    def factors(self) -> dict[str, tuple[torch.Tensor, torch.Tensor, float]]:
+        return {prefix + name: factor for prefix, part in self.parts.items() for name, factor in part.factors().items()}
+
+    def set_enabled(self, enabled: bool) -> None:
+        for part in self.parts.values():
+            part.set_enabled(enabled)
+
+    def remove(self) -> None:
+        for part in self.parts.values():
+            part.remove()
+
+
 class LoraDelta(nn.Module):
     """One LoRA as a function of the weight it changes: ``W -> W + scale * up @ down``.
 
@@ -150,6 +169,8 @@ def attach_lora(
     if rank < 1:
         raise FadeInputError(f"LoRA rank is {rank}; use 1 or more (4 to 16 is usual)")
     candidates = adapter.lora_candidates()
+    if adapter.text_encoder is not None:
+        candidates |= adapter.lora_candidates("text_encoder")
     unknown = [name for name in module_names if name not in candidates]
     if unknown:
         raise FadeInputError(f"these modules cannot receive a LoRA (not Linear/Conv2d layers of the denoiser): {unknown[:5]}")

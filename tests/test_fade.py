@@ -89,3 +89,15 @@ def test_adversary_separates_the_base_model_and_training_drives_it_toward_chance
     # The adversary that knew the base model's sevens can no longer tell the erased model's
     # "seven" samples from its other digits.
     assert trainer.validation_accuracy(base_adversary) < 0.65
+
+
+def test_a_text_encoder_lora_trains_through_the_prompts(adapter):
+    prompt_set = default_prompt_set(["three"], num_prompts=8)
+    modules = list(adapter.lora_candidates("text_encoder"))
+    assert len(modules) == 4 * 6 and all(m.startswith("text_encoder.encoder.layers.") for m in modules)
+    before = adapter.encode(["a handwritten 3"]).tensors["context"]
+    config = FadeConfig(steps=3, adversary_warmup=1, batch_size=4, validate_every=3, learning_rate=1e-2, stop_patience=10)
+    result = FadeTrainer(adapter, prompt_set, modules, config).run()
+    assert result.steps_done == 3
+    assert all(up.abs().sum() > 0 for _, up, _ in adapter.lora.factors().values())
+    assert (adapter.encode(["a handwritten 3"]).tensors["context"] - before).abs().max() > 0
