@@ -44,16 +44,19 @@ def embedding_attack(
     real_samples: torch.Tensor,
     *,
     steps: int = 300,
-    batch_size: int = 4,
+    batch_size: int = 2,
     learning_rate: float = 1e-2,
     sampling_steps: int = 10,
     seed: int = 0,
 ) -> Conditioning:
     """Soft conditionings optimised to denoise ``real_samples``, one row per starting prompt.
 
-    Every start sees the same minibatches (real samples, noise levels, noise), ``batch_size`` per
-    step, and keeps its own embeddings; the starts are batched together only to share the model
-    calls. ``result[i]`` is the conditioning found from ``prompts[i]``.
+    Start i draws its own minibatches (real samples, noise levels, noise; ``batch_size`` per step)
+    from seed ``seed + i`` and keeps its own embeddings: it ends exactly where it would alone with
+    that seed. The starts are batched together only to share the model calls. Their own streams
+    matter: from nearby encodings, the same minibatches would move every start in step (Adam's
+    steps are nearly sign steps) and the starts would find one conditioning, not several.
+    ``result[i]`` is the conditioning found from ``prompts[i]``.
     """
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts:
@@ -62,8 +65,7 @@ def embedding_attack(
         raise FadeInputError("the embedding attack needs real samples of the concept to denoise; none were given")
     if steps < 0 or batch_size < 1:
         raise FadeInputError(f"steps ({steps}) must be 0 or more and batch_size ({batch_size}) at least 1")
-    generator = torch.Generator().manual_seed(seed)
-    starts = len(prompts)
+    generators = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]
     cond = adapter.encode(prompts)
     soft = cond.tensors[adapter.context_key].detach().clone().requires_grad_(True)
     optimizer = torch.optim.Adam([soft], lr=learning_rate)
@@ -73,17 +75,17 @@ def embedding_attack(
         p.requires_grad_(False)
     try:
         for _ in range(steps):
-            chosen = torch.randint(0, len(real_samples), (batch_size,), generator=generator)
-            x0 = real_samples[chosen]
-            level = levels[torch.randint(0, sampling_steps, (batch_size,), generator=generator)]
-            x_t = adapter.add_noise(x0, torch.randn(x0.shape, generator=generator), level)
-            # Row s * batch_size + j: start s on minibatch item j.
+            x0, level, noise = [], [], []
+            for generator in generators:  # rows i * batch_size ... belong to start i
+                x0.append(real_samples[torch.randint(0, len(real_samples), (batch_size,), generator=generator)])
+                level.append(levels[torch.randint(0, sampling_steps, (batch_size,), generator=generator)])
+                noise.append(torch.randn(x0[-1].shape, generator=generator))
+            x0, level, noise = torch.cat(x0), torch.cat(level), torch.cat(noise)
             tensors = {k: v.repeat_interleave(batch_size, dim=0) for k, v in cond.tensors.items()}
             tensors[adapter.context_key] = soft.repeat_interleave(batch_size, dim=0)
-            x0_all, level_all = x0.repeat(starts, *([1] * (x0.dim() - 1))), level.repeat(starts)
-            prediction = adapter.predict_x0(x_t.repeat(starts, *([1] * (x_t.dim() - 1))), level_all, Conditioning(tensors), 1.0)
+            prediction = adapter.predict_x0(adapter.add_noise(x0, noise, level), level, Conditioning(tensors), 1.0)
             # The sum of each start's mean loss: every start gets the gradient it would get alone.
-            loss = starts * noise_prediction_error(adapter, prediction, x0_all, level_all)
+            loss = len(prompts) * noise_prediction_error(adapter, prediction, x0, level)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -90,7 +90,7 @@ def audit(
     adapter: DenoiserAdapter,
     prompt_set: PromptSet,
     *,
-    samples: int = 256,
+    samples: int = 128,
     held_out_fraction: float = 0.5,
     guidance: float,
     sampling_steps: int,

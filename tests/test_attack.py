@@ -63,7 +63,7 @@ def test_embedding_attack_is_seeded_and_each_start_is_optimised_as_if_alone(adap
     starts = ["a handwritten eight", "the digit 8"]
     joint = embedding_attack(adapter, starts, real, steps=4, batch_size=3, seed=5)
     again = embedding_attack(adapter, starts, real, steps=4, batch_size=3, seed=5)
-    alone = embedding_attack(adapter, starts[1], real, steps=4, batch_size=3, seed=5)
+    alone = embedding_attack(adapter, starts[1], real, steps=4, batch_size=3, seed=6)  # start 1 draws from seed + 1
     context = joint.tensors["context"]
     assert len(joint) == 2 and torch.equal(context, again.tensors["context"])
     assert torch.allclose(context[1:], alone.tensors["context"], atol=1e-5)
