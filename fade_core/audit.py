@@ -97,13 +97,15 @@ def audit(
     adversary_steps: int = 300,
     batch_size: int = 64,
     learning_rate: float = 1e-3,
+    generation_batch: int = 256,
     seed: int = 0,
 ) -> AuditResult:
     """Audits the model as the adapter holds it now (LoRA included).
 
     ``samples`` generations of each class (concept and neutral), each from a prompt pair drawn
     uniformly from all of the prompt set's pairs and its own noise; ``held_out_fraction`` of them are
-    judged, the rest train the adversary for ``adversary_steps`` Adam steps.
+    judged, the rest train the adversary for ``adversary_steps`` Adam steps. Generations run
+    ``generation_batch`` at a time (a host passes what its training forward holds).
     """
     started = time.perf_counter()
     pairs = prompt_set.pairs("all")
@@ -126,10 +128,11 @@ def audit(
     heads = torch.tensor([prompt_set.concept_index(pairs[i].concept) for i in concept_pairs + neutral_pairs])
     labels = torch.cat([torch.ones(samples), torch.zeros(samples)])
     noise = initial_noise(adapter, 2 * samples, generator)
+    step = max(1, generation_batch)
     with torch.no_grad():
         images = torch.cat([
-            sample(adapter, adapter.encode(prompts[i : i + 256]), noise[i : i + 256], num_steps=sampling_steps, guidance=guidance)
-            for i in range(0, len(prompts), 256)
+            sample(adapter, adapter.encode(prompts[i : i + step]), noise[i : i + step], num_steps=sampling_steps, guidance=guidance)
+            for i in range(0, len(prompts), step)
         ])
     if not torch.isfinite(images).all():
         raise FadeInputError("the model produced non-finite samples; the audit cannot judge them (is the LoRA broken?)")

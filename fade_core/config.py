@@ -45,8 +45,16 @@ class FadeConfig:
     stop_accuracy: float = 0.55  # D's validation accuracy counted as chance
     stop_patience: int = 2  # consecutive validations at chance before stopping
     seed: int = setting(0, "--seed", None)
-    # Robust FADE (fade_core/robust.py): adversarial conditionings in the loop. 0 turns it off.
-    robust_every: int = 0  # steps between rounds of the inner attack
+    audit_samples: int = setting(
+        128, "--audit-samples",
+        "generations of each class (concept, neutral) for the audit after training: half train a fresh adversary, half judge it",
+    )
+    # Robust FADE (fade_core/robust.py): adversarial conditionings in the loop.
+    robust_every: int = setting(
+        0, "--robust-every",
+        "every N LoRA updates an inner attack looks for soft prompts that bring the concept back, and L_rem also "
+        "trains on them (0: off, the default; README: How robust is the erasure)",
+    )
     robust_attack_steps: int = 10  # Adam steps of each round
     robust_warmup_steps: int = 50  # Adam steps of the first round, against the base model
     robust_bank_size: int = 16  # soft conditionings kept
@@ -87,6 +95,7 @@ class FadeConfig:
         if not (_is_number(self.stop_accuracy) and 0.5 <= self.stop_accuracy <= 1.0):
             raise FadeInputError(f"stop_accuracy is {self.stop_accuracy}; use a number between 0.5 (chance) and 1")
         _require_whole("seed", self.seed, 0, MAX_SEED)
+        _require_whole("audit_samples", self.audit_samples, 4)
         for name in ("robust_every", "robust_warmup_steps"):
             _require_whole(name, getattr(self, name), 0)
         for name in ("robust_attack_steps", "robust_bank_size", "robust_targets"):

@@ -45,7 +45,7 @@ from .adapter import Conditioning, DenoiserAdapter
 from .adversary import build_adversary
 from .config import FadeConfig, setting_name
 from .errors import FadeInputError, FadeTrainingError
-from .lora import attach_lora, lora_disabled, lora_state, tv_bound
+from .lora import attach_lora, lora_disabled, lora_state
 from .prompts import PromptPair, PromptSet
 from .robust import AdversarialConditionings
 from .sampling import ddim_step, initial_noise, preservation_steps, sample, trajectory_states
@@ -75,10 +75,6 @@ class FadeResult:
     history: list[StepReport]
     seconds: float
 
-    @property
-    def tv_bound(self) -> float:
-        return tv_bound(self.validation_accuracy)
-
 
 
 def erasure_metadata(
@@ -104,8 +100,10 @@ def erasure_metadata(
         "fade_modules": list(modules),
         "fade_steps_done": steps_done,
         "fade_final_adversary_accuracy": round(validation_accuracy, 4) if validated else None,
-        "fade_tv_bound": round(tv_bound(validation_accuracy), 4) if validated else None,
-        "fade_tv_bound_note": "TV <= 2a - 1 holds for a Bayes-optimal adversary of accuracy a (paper section 5)",
+        "fade_final_adversary_note": (
+            "validation accuracy of the adversary that trained alongside the LoRA, which the LoRA was optimised to fool: "
+            "the weakest judge of the result; fade_audit_* is a fresh adversary's"
+        ),
         "fade_stopped_at_chance": stopped_at_chance,
     }
 

@@ -248,13 +248,6 @@ def kohya_state_dict(adapter: DenoiserAdapter, state: Mapping[str, torch.Tensor]
     return out
 
 
-def tv_bound(adversary_accuracy: float) -> float:
-    """Paper section 5: a Bayes-optimal adversary's accuracy a on balanced classes gives
-    TV(P(X|c), P(X|not c)) = 2a - 1. For a trained, not optimal, adversary this is the value
-    the paper reports as the bound; an accuracy below one half is read as its mirror image."""
-    return abs(2.0 * adversary_accuracy - 1.0)
-
-
 def lora_file_contents(
     adapter: DenoiserAdapter, metadata: Mapping[str, object], state: Mapping[str, torch.Tensor] | None = None
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

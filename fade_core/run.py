@@ -5,7 +5,8 @@ Before it starts, the caller has checked the settings (``FadeConfig.check``) and
 output (``LoraOutput``), both before loading any model. Here, before the first training step: the
 rank against the chosen modules, and the disk space for the LoRA. Then:
 
-- a complete run is written to the reserved name (never replacing a file unless asked);
+- a complete run is audited (:mod:`fade_core.audit`: a fresh adversary on the erased model's own
+  samples) and written, audit included, to the reserved name (never replacing a file unless asked);
 - an interrupted run keeps the LoRA trained so far in ``<name>-interrupted``, with the full record
   (settings, modules, steps done, status); if the LoRA never moved, it says so and writes nothing;
 - a diverged run keeps the LoRA of the last validation in ``<name>-diverged``, or says there was none;
@@ -24,6 +25,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .adapter import DenoiserAdapter
+from .audit import AuditResult, audit
 from .config import FadeConfig, setting_name
 from .errors import FadeExportError, FadeInputError, FadeInterrupted, FadeTrainingError
 from .fade import FadeResult, FadeTrainer, StepReport, erasure_metadata
@@ -38,6 +40,7 @@ HEADER_BYTES_PER_MODULE = 1024  # keys, the module list and the fingerprint in t
 @dataclass
 class Erasure:
     result: FadeResult
+    audit: AuditResult
     path: Path
     lora: dict[str, torch.Tensor]  # the kohya tensors written to ``path``
 
@@ -103,11 +106,11 @@ def erase_and_export(
         "fade_versions": library_versions(),
     }
 
-    def save(state, status: str, steps_done: int, validation_accuracy: float | None, stopped: bool = False):
+    def save(state, status: str, steps_done: int, validation_accuracy: float | None, stopped: bool = False, audited=None):
         metadata = record | erasure_metadata(
             prompt_set, config, modules, status=status, steps_done=steps_done,
             validation_accuracy=validation_accuracy, stopped_at_chance=stopped,
-        )
+        ) | (audited.metadata() if audited is not None else {})
         tensors, header = lora_file_contents(adapter, metadata, state)
         path = output.write(lambda temporary: save_file(tensors, str(temporary), metadata=header), status)
         return path, tensors
@@ -116,12 +119,14 @@ def erase_and_export(
     try:
         trainer = FadeTrainer(adapter, prompt_set, modules, config, adversary=adversary, callback=callback)
         result = trainer.run()
+        audited = audit(adapter, prompt_set, samples=config.audit_samples, guidance=config.guidance,
+                        sampling_steps=config.sampling_steps, generation_batch=2 * config.batch_size, seed=config.seed)
     except interrupts as stop:
         raise _interrupted(trainer, config, save) from stop
     except FadeTrainingError as error:
         raise _diverged(trainer, error, save) from error
-    path, tensors = save(result.lora, "complete", result.steps_done, result.validation_accuracy, result.stopped_at_chance)
-    return Erasure(result, path, tensors)
+    path, tensors = save(result.lora, "complete", result.steps_done, result.validation_accuracy, result.stopped_at_chance, audited)
+    return Erasure(result, audited, path, tensors)
 
 
 def _interrupted(trainer: FadeTrainer | None, config: FadeConfig, save) -> FadeInterrupted:

@@ -19,7 +19,8 @@ from .sockets import CATEGORY
 
 SHOWN_METADATA = (
     "fade_concepts", "fade_category", "fade_status", "fade_base_model", "fade_steps_done",
-    "fade_final_adversary_accuracy", "fade_tv_bound", "fade_stopped_at_chance", "ss_network_dim",
+    "fade_final_adversary_accuracy", "fade_audit_accuracy", "fade_audit_ci95", "fade_tv_lower_bound",
+    "fade_stopped_at_chance", "ss_network_dim",
 )
 
 

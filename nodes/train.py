@@ -65,6 +65,10 @@ class FADETrainEraser(io.ComfyNode):
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1),
                 io.Boolean.Input("gradient_checkpointing", default=False,
                                  tooltip="Recompute each UNet/transformer block's activations in backward instead of keeping them: far less memory, about a third more time per step."),
+                io.Int.Input("robust_every", default=DEFAULTS.robust_every, min=0, max=10000,
+                             tooltip="Robust erasure: every N LoRA updates an inner attack looks for soft prompts that bring the concept back, and the LoRA also learns to erase from them. 0: off (the default). About 2-3x the time; see the README's 'How robust is the erasure'."),
+                io.Int.Input("audit_samples", default=DEFAULTS.audit_samples, min=4, max=4096,
+                             tooltip="Generations of each class (concept, neutral) for the audit after training: a fresh adversary learns on half and is judged on the other half. Its accuracy and 95 % interval go into the LoRA's metadata."),
                 io.String.Input("filename_prefix", default="fade/erased",
                                 tooltip="Where the LoRA goes inside the loras folder; a number is appended."),
                 io.Vae.Input("vae", optional=True, tooltip="Only the clip adversary needs it."),
@@ -77,12 +81,13 @@ class FADETrainEraser(io.ComfyNode):
     @classmethod
     def execute(cls, model, clip, prompt_set, saliency, steps, adversary_warmup, learning_rate, lora_rank,
                 preservation_weight, t0_fraction, guidance, sampling_steps, batch_size, adversary,
-                clip_vision_weights, clip_architecture, width, height, seed, gradient_checkpointing, filename_prefix,
-                vae=None) -> io.NodeOutput:
+                clip_vision_weights, clip_architecture, width, height, seed, gradient_checkpointing, robust_every,
+                audit_samples, filename_prefix, vae=None) -> io.NodeOutput:
         config = FadeConfig(
             steps=steps, adversary_warmup=adversary_warmup, batch_size=batch_size, lora_rank=lora_rank,
             lora_alpha=float(lora_rank), learning_rate=learning_rate, preservation_weight=preservation_weight,
             t0_fraction=t0_fraction, guidance=guidance, sampling_steps=sampling_steps, adversary=adversary, seed=seed,
+            robust_every=robust_every, audit_samples=audit_samples,
         )
         config.check()
         if adversary == "clip" and clip_vision_weights == "none":
@@ -120,13 +125,14 @@ class FADETrainEraser(io.ComfyNode):
             except FadeInterrupted as stop:
                 logging.warning("FADE: %s", stop)
                 raise stop.__cause__  # ComfyUI's own interrupt, so that the queue stops as it expects
-        result, path, lora = erasure.result, erasure.path, erasure.lora
+        result, audited, path, lora = erasure.result, erasure.audit, erasure.path, erasure.lora
 
         erased, _ = comfy.sd.load_lora_for_models(model, None, lora, 1.0, 0.0)
         stats = (
             f"concepts: {', '.join(prompt_set.concepts)}\n"
-            f"adversary accuracy on validation pairs: {result.validation_accuracy:.3f} "
-            f"(TV bound 2a-1 = {result.tv_bound:.3f}); stopped at chance: {result.stopped_at_chance}\n"
+            f"training adversary's accuracy on validation pairs: {result.validation_accuracy:.3f}; "
+            f"stopped at chance: {result.stopped_at_chance}\n"
+            f"{audited.summary()} (a lower bound)\n"
             f"steps: {result.steps_done}; last L_rem {_last(result.history, 'loss_removal')}, "
             f"L_pres {_last(result.history, 'loss_preservation')}; {result.seconds:.0f} s\n"
             f"LoRA: {path.name} ({len(saliency.selected)} modules, rank {lora_rank})"

@@ -331,7 +331,8 @@ SALIENCY = dict(budget="mass_fraction", mass_fraction=1.0, top_k=4, family="cros
                 guidance=3.0, width=64, height=64, seed=0)
 TRAIN = dict(steps=2, adversary_warmup=1, learning_rate=5e-3, lora_rank=2, preservation_weight=20.0, t0_fraction=0.5,
              guidance=3.0, sampling_steps=2, batch_size=2, adversary="latent", clip_vision_weights="none",
-             clip_architecture="ViT-B-32", width=64, height=64, seed=0, filename_prefix="fade/bad")
+             clip_architecture="ViT-B-32", width=64, height=64, seed=0, gradient_checkpointing=False,
+             robust_every=0, audit_samples=8, filename_prefix="fade/bad")
 
 
 def run_node(comfy, case: Node):

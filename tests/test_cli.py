@@ -62,7 +62,7 @@ def test_a_nan_loss_is_named_and_writes_no_lora(tmp_path, capsys):
 def test_short_erase_halves_acc_and_keeps_other_digits(tmp_path, capsys):
     code, out, _ = _run(
         capsys, "--output-dir", str(tmp_path), "erase", "--concept", "five", "--steps", "100", "--lr", "3e-3",
-        "--images", "100", "--json", "--quiet",
+        "--images", "100", "--audit-samples", "32", "--json", "--quiet",
     )
     assert code == 0
     figures = json.loads(out[out.index("{"):])

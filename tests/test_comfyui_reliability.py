@@ -52,7 +52,8 @@ def cancelled_run(nodes, model, clip, prefix: str) -> None:
             nodes["FADETrainEraser"].execute(
                 model, clip, prompt_set, saliency, steps=5, adversary_warmup=WARMUP, learning_rate=5e-3, lora_rank=2,
                 preservation_weight=20.0, t0_fraction=0.5, guidance=3.0, sampling_steps=2, batch_size=2, adversary="latent",
-                clip_vision_weights="none", clip_architecture="ViT-B-32", width=64, height=64, seed=0, filename_prefix=prefix)
+                clip_vision_weights="none", clip_architecture="ViT-B-32", width=64, height=64, seed=0, gradient_checkpointing=False,
+                robust_every=0, audit_samples=8, filename_prefix=prefix)
     finally:
         comfy.utils.set_progress_bar_global_hook(None)
         comfy.model_management.interrupt_current_processing(False)

@@ -26,7 +26,7 @@ from fade_core.outputs import LoraOutput
 from fade_core.run import erase_and_export
 
 MODULES = ["down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k", "up_blocks.1.attentions.0.transformer_blocks.0.attn2.to_v"]
-TINY = dict(steps=3, adversary_warmup=1, batch_size=2, sampling_steps=2, validate_every=1, validation_repeats=1,
+TINY = dict(steps=3, adversary_warmup=1, batch_size=2, sampling_steps=2, validate_every=1, validation_repeats=1, audit_samples=8,
             stop_patience=10)  # never stops early at chance, so that every run takes its 3 steps
 
 
@@ -167,6 +167,10 @@ def assert_full_record(path: Path, status: str, steps: int) -> None:
     tensors = load_safetensors(path)
     check_lora(path, tensors, kohya_targets(load_pipeline().unet, "lora_unet_"), model=MODEL_NAME)
     assert all(t.abs().sum() > 0 for k, t in tensors.items() if k.endswith("lora_up.weight"))  # it moved: not an all-zero file
+    if status == "complete":  # a complete run is audited; the audit's accuracy and interval go into the file
+        low, high = json.loads(metadata["fade_audit_ci95"])
+        assert low <= json.loads(metadata["fade_audit_accuracy"]) <= high and json.loads(metadata["fade_audit_n"]) == 8
+        assert "fade_tv_bound" not in metadata and "lower bound" in metadata["fade_audit_note"]
 
 
 def test_an_interrupt_keeps_the_lora_trained_so_far_with_its_full_record(adapter, tmp_path):

@@ -123,9 +123,9 @@ def erasure_workflow(name: str, concepts: str, category: str, synonyms: str, neu
     )
     train = graph.add(
         "FADETrainEraser", (820, 0),
-        [400, 60, 1e-4, 4, 20.0, 0.5, 7.5, 10, 4, "latent", "none", "ViT-B-32", 512, 512, 0, "fixed", False, f"fade/{name}"],
+        [400, 60, 1e-4, 4, 20.0, 0.5, 7.5, 10, 4, "latent", "none", "ViT-B-32", 512, 512, 0, "fixed", False, 0, 128, f"fade/{name}"],
         [("model", "MODEL"), ("clip", "CLIP"), ("prompt_set", "FADE_PROMPT_SET"), ("saliency", "FADE_SALIENCY"), ("vae", "VAE")],
-        [("erased_model", "MODEL"), ("stats", "STRING")], size=(440, 900),
+        [("erased_model", "MODEL"), ("stats", "STRING")], size=(440, 960),
     )
     for target in (saliency, train):
         graph.link(checkpoint, "MODEL", target, "model")
