@@ -1,56 +1,53 @@
 """The erasure benchmark on the embedded model: FADE, its ablations and the baselines, side by side.
 
-    python -m fade_core bench                      # everything; writes BENCHMARKS.md, JSON, plot
+    python -m fade_core bench --workers 2          # everything; writes BENCHMARKS.md, JSON, plot
 
 Every method erases the same concepts of the same base model, from the same prompt sets and seeds,
-and is judged by the same held-out evaluator: Acc on the prompts the eraser trained on, Acc on
-prompts it never saw (held-out templates and the held-out synonym), the other concepts'
-accuracy, FID-proxy, CLIP-proxy, H (Appendix B), wall time and peak memory, and Acc under an
-embedding attack. BENCHMARKS.md is regenerated whole from the results.
+and is judged by the same held-out evaluator: Acc on the prompts the eraser trained on, on prompts
+it never saw (held-out templates and synonym), on prompts in held-out contexts, and under two
+attacks the training never saw (:mod:`fade_core.digits.attacks`: a soft prompt optimised on real
+images, and a greedy word search); the other concepts' accuracy, FID-proxy, CLIP-proxy, H and
+H worst (Appendix B), wall time and peak memory.
+
+Each (task, method) is one job in a fresh process, so that its peak memory is its own; ``workers``
+jobs run at once, one thread each. A finished job's row is kept in ``benchmarks/runs/`` and reused
+by a later run with the same settings, so an interrupted benchmark resumes where it stopped.
+BENCHMARKS.md is regenerated whole from the rows (plus the analysis in ``benchmarks/notes.md``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import multiprocessing
 import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
 
-from .adapter import Conditioning, DenoiserAdapter
-from .attack import embedding_attack
-from .baselines import EsdConfig, UceConfig, applied, erase_esd, edit_uce
-from .bench_tasks import ABLATIONS_ON, task_concepts
-from .digits import data
+from .adapter import DenoiserAdapter
+from .baselines import EsdConfig, UceConfig, applied, edit_uce, erase_esd
+from .bench_tasks import TUNING, TUNING_TASK, method_name, method_settings, runs_on, task_concepts
+from .digits import attacks, data
 from .digits.judge import DigitsJudge, default_prompt_set
-from .digits.model import DEFAULT_GUIDANCE, DEFAULT_SAMPLING_STEPS, load_adapter
+from .digits.model import load_adapter
 from .fade import FadeConfig, FadeTrainer
 from .files import atomic_write
 from .metrics import erasure_score
 from .saliency import compute_saliency
-from .sampling import initial_noise, sample
 
-# ESD's best of a sweep on digit five (eta 1 or 2, lr 3e-4 to 1e-3, 200 or 400 steps): higher rates
-# erase but break the styles, lower ones keep 30 % of the digit.
+# ESD's best of a sweep on digit five of the v1 model (eta 1 or 2, lr 3e-4 to 1e-3, 200 or 400
+# steps): higher rates erase but break the styles, lower ones keep 30 % of the digit.
 ESD_SETTINGS = {"negative_guidance": 1.0, "learning_rate": 5e-4, "steps": 200}
-
-
-@dataclass
-class Erased:
-    """An erased model for the duration of its measurement."""
-
-    adapter: DenoiserAdapter
-    context: Callable  # a context manager that puts the edit in place (UCE) or nothing (LoRA)
-    seconds: float
-    peak_mb: float
-    curve: list[tuple[int, float]]  # FADE: (step, adversary validation accuracy)
-
-
+# The robust variant (fade_core/robust.py), the best balance of the settings tried on eight
+# (README, How robust is the erasure): the LoRA on every module, a round of the inner attack every
+# 10 LoRA updates, the bank's anchor loss at weight 1.
+ROBUST_SETTINGS = {"robust_every": 10, "robust_anchor_weight": 1.0}
+ROBUST_FAMILY = "all"
 class PeakMemory:
     """Peak resident memory above the starting level while the block runs (Linux /proc)."""
 
@@ -102,139 +99,188 @@ def preserve_prompts(concepts: list[str], per_concept: int = 12) -> list[str]:
     return [p.concept_prompt for c in others for p in default_prompt_set([c], num_prompts=per_concept).pairs("all")]
 
 
-def run_method(method: str, concepts: list[str], seed: int) -> Erased:
+def discrete_vocabulary() -> list[str]:
+    """The words the greedy search may insert: every word of the held-out contexts and of the
+    templates, all of which the base model's text encoder learned."""
+    texts = [*data.HELD_OUT_CONTEXTS, *data.DIGIT_TEMPLATES, *data.STYLED_TEMPLATES]
+    return sorted({w.strip(",.:()-") for t in texts for w in t.replace("{d}", " ").replace("{s}", " ").split()} - {""})
+
+
+def erase(method: str, concepts: list[str], seed: int) -> tuple[DenoiserAdapter, Callable, list]:
+    """Erases the concepts with the method; returns the erased adapter, a context manager that puts
+    the edit in place while it is measured, and FADE's adversary curve."""
     adapter = load_adapter()
     prompt_set = default_prompt_set(concepts, seed=seed)
-    curve: list[tuple[int, float]] = []
+    name, settings = method_name(method), method_settings(method)
+    if name == "uce":
+        deltas = edit_uce(adapter, prompt_set, preserve_prompts(concepts), config=UceConfig(**settings)).deltas
+        return adapter, lambda: applied(adapter, deltas), []
+    family = {"fade-no-saliency": "all", "fade-robust": ROBUST_FAMILY}.get(name, "cross_attention")
+    modules = compute_saliency(adapter, prompt_set, mass_fraction=1.0, family=family, seed=seed).selected
+    if name == "esd":
+        erase_esd(adapter, prompt_set, modules, EsdConfig(**(ESD_SETTINGS | settings | {"seed": seed})))
+        return adapter, contextlib.nullcontext, []
+    config = FadeConfig(seed=seed, **(ROBUST_SETTINGS if name == "fade-robust" else {}))
+    if name == "fade-no-adversary":
+        config.removal = "l2"
+    if name == "fade-no-preservation":
+        config.preservation_weight = 0.0
+    for key, value in settings.items():
+        setattr(config, key, value)
+    config.check()
+    result = FadeTrainer(adapter, prompt_set, modules, config).run()
+    curve = [(r.step, r.validation_accuracy) for r in result.history if r.validation_accuracy is not None]
+    return adapter, contextlib.nullcontext, curve
+
+
+def attack_row(adapter: DenoiserAdapter, concepts: list[str], *, steps: int, images: int, seed: int) -> dict:
+    """The attacks the training never saw, per concept and their mean over the concepts."""
+    embedding = [attacks.embedding_attack_accuracy(adapter, c, steps=steps, images=images, seed=seed) for c in concepts]
+    vocabulary = discrete_vocabulary()
+    discrete = [
+        attacks.discrete_attack_accuracy(adapter, c, attacks.starting_prompts(c)[0], vocabulary,
+                                         protected=data.concept_names(c), images=images, seed=seed)
+        for c in concepts
+    ]
+    return {
+        "acc_embedding": sum(o.acc for o in embedding) / len(concepts),
+        "acc_discrete": sum(o.acc for o in discrete) / len(concepts),
+        "attacks": {o.concept: {"embedding": o.acc, "embedding_worst_start": o.detail["worst_start"],
+                                "discrete": d.acc, "discrete_prompt": d.detail["prompt"]}
+                    for o, d in zip(embedding, discrete)},
+    }
+
+
+def run_job(task: str, method: str, images: int, attack_steps: int, seed: int) -> dict:
+    """One row: the base model (``method`` "base") or one erasure, measured. Runs in its own process."""
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    concepts = task_concepts(task)
+    judge = DigitsJudge(concept_images=images, other_images=max(images, 30), seed=seed)
     with PeakMemory() as memory:
         started = time.perf_counter()
-        if method == "uce":
-            deltas = edit_uce(adapter, prompt_set, preserve_prompts(concepts), config=UceConfig()).deltas
-            context = lambda: applied(adapter, deltas)  # noqa: E731
+        if method == "base":
+            adapter, context, curve = load_adapter(), contextlib.nullcontext, []
         else:
-            family = "all" if method == "fade-no-saliency" else "cross_attention"
-            modules = compute_saliency(adapter, prompt_set, mass_fraction=1.0, family=family, seed=seed).selected
-            if method == "esd":
-                erase_esd(adapter, prompt_set, modules, EsdConfig(**ESD_SETTINGS, seed=seed))
-            else:
-                config = FadeConfig(seed=seed)
-                if method == "fade-no-adversary":
-                    config.removal = "l2"
-                if method == "fade-no-preservation":
-                    config.preservation_weight = 0.0
-                result = FadeTrainer(adapter, prompt_set, modules, config).run()
-                curve = [(r.step, r.validation_accuracy) for r in result.history if r.validation_accuracy is not None]
-            context = contextlib.nullcontext
+            adapter, context, curve = erase(method, concepts, seed)
         seconds = time.perf_counter() - started
-    return Erased(adapter, context, seconds, memory.megabytes, curve)
-
-
-@torch.no_grad()
-def attacked_accuracy(judge: DigitsJudge, adapter: DenoiserAdapter, concept: str, cond: Conditioning, images: int) -> float:
-    noise = initial_noise(adapter, images, torch.Generator().manual_seed(judge.seed + 11))
-    batch = Conditioning({k: v.expand(images, *v.shape[1:]) for k, v in cond.tensors.items()})
-    samples = sample(adapter, batch, noise, num_steps=DEFAULT_SAMPLING_STEPS, guidance=DEFAULT_GUIDANCE)
-    digit_pred, _ = judge.evaluator.classify(samples)
-    return (digit_pred == data.DIGIT_NAMES.index(concept)).float().mean().item()
-
-
-def real_concept_samples(concept: str) -> torch.Tensor:
-    images, digits = data.real_split("generator")
-    chosen = images[digits == data.DIGIT_NAMES.index(concept)]
-    return data.to_model_range(data.apply_style(chosen, "plain"))
-
-
-def unseen_accuracy(judge: DigitsJudge, adapter: DenoiserAdapter, concepts: list[str]) -> float:
-    """Mean Acc over the concepts on prompts the eraser never saw: held-out templates and synonym."""
-    return sum(judge.concept_accuracy(adapter, c, unseen_prompts(c)) for c in concepts) / len(concepts)
-
-
-def context_accuracy(judge: DigitsJudge, adapter: DenoiserAdapter, concepts: list[str]) -> float:
-    """Mean Acc over the concepts on prompts in contexts the eraser never saw."""
-    return sum(judge.context_accuracy(adapter, c) for c in concepts) / len(concepts)
-
-
-ACC_KEYS = ("acc_trained", "acc_unseen", "acc_context", "acc_attack")
-
-
-def worst_h(row: dict, base) -> float:
-    """H with Acc = the largest of the concept accuracies measured (trained, unseen, context, attacked)."""
-    worst = max(row[key] for key in ACC_KEYS if key in row)
-    return erasure_score(worst, row["fid_proxy"], row["clip_proxy"], base.fid_proxy, base.clip_proxy)
-
-
-def measure(judge: DigitsJudge, erased: Erased, concepts: list[str], base, attack_steps: int) -> dict:
-    with erased.context():
-        trained = judge.measure(erased.adapter, concepts)
+    with context():
+        trained = judge.measure(adapter, concepts)
         row = {
             "acc_trained": trained.acc_concept,
-            "acc_unseen": unseen_accuracy(judge, erased.adapter, concepts),
-            "acc_context": context_accuracy(judge, erased.adapter, concepts),
+            "acc_unseen": sum(judge.concept_accuracy(adapter, c, unseen_prompts(c)) for c in concepts) / len(concepts),
+            "acc_context": sum(judge.context_accuracy(adapter, c) for c in concepts) / len(concepts),
             "acc_other": trained.acc_other,
             "fid_proxy": trained.fid_proxy,
             "clip_proxy": trained.clip_proxy,
-            "H": erasure_score(trained.acc_concept, trained.fid_proxy, trained.clip_proxy, base.fid_proxy, base.clip_proxy),
-            "seconds": erased.seconds,
-            "peak_mb": erased.peak_mb,
-            "adversary_curve": erased.curve,
         }
-        if attack_steps and all(data.concept_kind(c) == "object" for c in concepts):
-            accs = []
-            for concept in concepts:
-                with torch.enable_grad():
-                    cond = embedding_attack(erased.adapter, f"a handwritten {concept}", real_concept_samples(concept),
-                                            steps=attack_steps, seed=judge.seed)
-                accs.append(attacked_accuracy(judge, erased.adapter, concept, cond, judge.concept_images))
-            row["acc_attack"] = sum(accs) / len(accs)
-        row["H_worst"] = worst_h(row, base)
+        if method != "base":
+            row |= {"seconds": seconds, "peak_mb": memory.megabytes, "adversary_curve": curve}
+            if attack_steps:
+                row |= attack_row(adapter, concepts, steps=attack_steps, images=images, seed=seed)
     return row
 
 
-def run(tasks, methods, *, images: int = 200, attack_steps: int = 100, seed: int = 0, log=print) -> dict:
-    judge = DigitsJudge(concept_images=images, other_images=max(images, 30), seed=seed)
-    results = {"tasks": {}, "settings": {"images": images, "attack_steps": attack_steps, "seed": seed}}
+ACC_KEYS = ("acc_trained", "acc_unseen", "acc_context", "acc_embedding", "acc_discrete")
+
+
+def with_scores(row: dict, base: dict) -> dict:
+    """H (Appendix B) on the trained prompts, and H worst: H with the largest concept Acc measured."""
+    worst = max(row[key] for key in ACC_KEYS if key in row)
+    score = lambda acc: erasure_score(acc, row["fid_proxy"], row["clip_proxy"], base["fid_proxy"], base["clip_proxy"])  # noqa: E731
+    return row | {"acc_worst": worst, "H": score(row["acc_trained"]), "H_worst": score(worst)}
+
+
+def jobs_for(tasks, methods, tuning: bool) -> list[tuple[str, str]]:
+    jobs = [(task, "base") for task in tasks]
+    jobs += [(task, method) for task in tasks for method in methods if runs_on(method, task)]
+    if tuning and TUNING_TASK in tasks:
+        jobs += [(TUNING_TASK, variant) for variant in TUNING if (TUNING_TASK, variant) not in jobs]
+    return jobs
+
+
+def run(tasks, methods, *, images: int = 200, attack_steps: int = 300, seed: int = 0, workers: int = 1,
+        tuning: bool = True, runs_dir: Path | None = None, log=print) -> dict:
+    """Runs every job (reusing finished rows from ``runs_dir``) and returns the results."""
+    settings = {"images": images, "attack_steps": attack_steps, "seed": seed}
+    jobs = jobs_for(tasks, methods, tuning)
+    rows: dict[tuple[str, str], dict] = {}
+    pending = []
+    for job in jobs:
+        saved = _saved_row(runs_dir, job, settings)
+        if saved is not None:
+            rows[job] = saved
+            log(f"{job[0]:16s} {job[1]:26s} reused from {runs_dir}")
+        else:
+            pending.append(job)
+    # The longest jobs first, so that the workers finish together.
+    pending.sort(key=lambda job: (job[1] == "base", "fade" not in job[1]))
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=max(1, workers), mp_context=context, max_tasks_per_child=1) as pool:
+        futures = {pool.submit(run_job, task, method, images, attack_steps, seed): (task, method) for task, method in pending}
+        for done, future in enumerate(as_completed(futures), 1):
+            job = futures[future]
+            rows[job] = future.result()
+            _save_row(runs_dir, job, settings, rows[job])
+            log(f"[{done}/{len(pending)}] {job[0]:16s} {job[1]:26s} " + " ".join(
+                f"{k} {v:.3f}" for k, v in rows[job].items() if isinstance(v, float)))
+    results = {"tasks": {}, "settings": settings | {"workers": workers}}
     for task in tasks:
-        concepts = task_concepts(task)
-        base_adapter = load_adapter()
-        base = judge.measure(base_adapter, concepts)
-        base_row = {
-            "acc_trained": base.acc_concept,
-            "acc_unseen": unseen_accuracy(judge, base_adapter, concepts),
-            "acc_context": context_accuracy(judge, base_adapter, concepts),
-            "acc_other": base.acc_other, "fid_proxy": base.fid_proxy, "clip_proxy": base.clip_proxy,
-        }
-        rows = {"base": base_row}
-        for method in methods:
-            if method.startswith("fade-no-") and task not in ABLATIONS_ON:
-                continue
-            erased = run_method(method, concepts, seed)
-            rows[method] = measure(judge, erased, concepts, base, attack_steps)
-            log(f"{task:16s} {method:22s} " + " ".join(
-                f"{k} {v:.3f}" for k, v in rows[method].items() if isinstance(v, float)))
-        results["tasks"][task] = rows
+        base = rows[(task, "base")]
+        results["tasks"][task] = {"base": base} | {
+            method: with_scores(rows[(t, method)], base) for t, method in jobs if t == task and method != "base"}
     return results
+
+
+def _row_path(runs_dir: Path, job: tuple[str, str]) -> Path:
+    return runs_dir / f"{job[0]}__{job[1].replace('@', '_at_').replace('=', '-').replace(',', '_')}.json"
+
+
+def _saved_row(runs_dir: Path | None, job, settings) -> dict | None:
+    if runs_dir is None or not _row_path(runs_dir, job).is_file():
+        return None
+    saved = json.loads(_row_path(runs_dir, job).read_text())
+    return saved["row"] if saved.get("settings") == settings else None
+
+
+def _save_row(runs_dir: Path | None, job, settings, row) -> None:
+    if runs_dir is not None:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(_row_path(runs_dir, job), lambda t: t.write_text(json.dumps({"settings": settings, "row": row}) + "\n"))
 
 
 COLUMNS = (
     ("acc_trained", "Acc trained %", 100), ("acc_unseen", "Acc unseen %", 100), ("acc_context", "Acc context %", 100),
-    ("acc_attack", "Acc attacked %", 100), ("acc_other", "other concepts %", 100), ("fid_proxy", "FID-proxy", 1),
-    ("clip_proxy", "CLIP-proxy %", 100), ("H", "H", 1), ("H_worst", "H worst", 1), ("seconds", "wall s", 1),
-    ("peak_mb", "peak MB", 1),
+    ("acc_embedding", "Acc embedding attack %", 100), ("acc_discrete", "Acc word search %", 100),
+    ("acc_other", "other concepts %", 100), ("fid_proxy", "FID-proxy", 1), ("clip_proxy", "CLIP-proxy %", 100),
+    ("H", "H", 1), ("H_worst", "H worst", 1), ("seconds", "wall s", 1), ("peak_mb", "peak MB", 1),
 )
 
 
-def markdown(results: dict, command: str) -> str:
+def markdown(results: dict, command: str, notes: str = "") -> str:
+    settings = results["settings"]
     lines = [
         "# Benchmarks",
         "",
-        "Written by `fade_core/bench.py`; do not edit by hand. Regenerate with:",
+        "Written by `fade_core/bench.py`; do not edit by hand (the analysis comes from `benchmarks/notes.md`). Regenerate with:",
         "",
         f"    {command}",
         "",
-        "The embedded digits model, 2 CPU cores. Acc trained: the eraser's own concept prompts. Acc unseen: held-out",
-        "templates and the held-out synonym. Acc attacked: generations from a soft prompt optimised on real images of",
-        "the concept against the erased model (digits only). H: Appendix B, against the base model's FID- and",
-        "CLIP-proxy. Wall time and peak memory (resident, above the start) cover the erasure itself.",
+        f"The embedded digits model v2, 2 CPU cores, {settings['workers']} job(s) at a time, one thread each; "
+        f"{settings['images']} generations per concept and measurement, seed {settings['seed']}.",
+        "",
+        "- **Acc trained**: the eraser's own concept prompts. **Acc unseen**: held-out templates and the held-out synonym.",
+        "  **Acc context**: concept prompts in contexts the eraser never saw (the held-out 40 % of the context phrases).",
+        f"- **Acc embedding attack**: a soft prompt optimised for {settings['attack_steps']} steps on real images of the concept, from",
+        "  three starting prompts; the worst start for the erasure is reported, on fresh seeds. **Acc word search**: a greedy",
+        "  search over words the base model knows (held-out contexts, templates) that maximises the evaluator's probability",
+        "  of the concept, reported on seeds the search never used. Neither attack is used in any training.",
+        "- **H**: Appendix B with Acc trained, against the base model's FID- and CLIP-proxy. **H worst**: the same with the",
+        "  largest Acc of the row.",
+        "- **wall s** and **peak MB** (resident memory above the job's start, in its own process) cover the erasure itself.",
+        f"- **Tuning budget**: every method has its chosen settings and one alternative, both measured on {TUNING_TASK} in this",
+        "  run (the rows with `@`); the plain name is the chosen one. FADE's and ESD's alternatives change the number of",
+        "  steps, UCE's the preservation weight. `fade-robust` and the ablations run on " + TUNING_TASK + " only (CPU budget).",
         "",
     ]
     for task, rows in results["tasks"].items():
@@ -245,6 +291,8 @@ def markdown(results: dict, command: str) -> str:
                      for key, _, scale in COLUMNS]
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
+    if notes.strip():
+        lines += [notes.strip(), ""]
     return "\n".join(lines)
 
 
@@ -277,7 +325,7 @@ def plot(results: dict, path: Path) -> None:
     plt.close(figure)
 
 
-def write_outputs(results: dict, json_path: Path, plot_path: Path, markdown_path: Path, command: str) -> None:
+def write_outputs(results: dict, json_path: Path, plot_path: Path, markdown_path: Path, command: str, notes: str = "") -> None:
     atomic_write(json_path, lambda temporary: temporary.write_text(json.dumps(results, indent=1) + "\n"))
     plot(results, plot_path)
-    atomic_write(markdown_path, lambda temporary: temporary.write_text(markdown(results, command) + "\n"))
+    atomic_write(markdown_path, lambda temporary: temporary.write_text(markdown(results, command, notes) + "\n"))

@@ -19,7 +19,7 @@ from dataclasses import fields
 from pathlib import Path
 
 # Only light modules at the top: --help and bad arguments are answered without importing torch.
-from .bench_tasks import DEFAULT_TASKS, METHODS, task_concepts
+from .bench_tasks import DEFAULT_TASKS, METHODS, method_name, method_settings, task_concepts
 from .config import MAX_SEED, FadeConfig, flags
 from .errors import FadeExportError, FadeInputError, FadeInterrupted, FadeTrainingError
 
@@ -256,27 +256,43 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from .files import path_inside
 
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
-    require(not unknown, f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
-    require(bool(methods), f"--methods is empty; choose from {', '.join(METHODS)}")
+    methods = _bench_methods(args.methods)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     require(bool(tasks), "--tasks is empty; give tasks such as three,bold,one+four+seven")
     for task in tasks:
         _concepts(",".join(task_concepts(task)))
     _whole(args.images, "--images", 1, "generations per concept and measurement; 200 gives steady figures")
     _whole(args.attack_steps, "--attack-steps", 0, "0 runs no attack")
+    _whole(args.workers, "--workers", 1, "jobs at once, one CPU thread each; at most the number of cores")
     _seed(args.seed)
     root = Path.cwd()
     paths = [path_inside(root, name, suffix) for name, suffix in ((args.json, ".json"), (args.plot, ".png"), (args.markdown, ".md"))]
+    runs_dir = paths[0].parent / "runs"
+    notes_path = paths[0].parent / "notes.md"
     from . import bench
 
-    command = (f"python -m fade_core bench --methods {','.join(methods)} --tasks {','.join(tasks)} "
-               f"--images {args.images} --attack-steps {args.attack_steps} --seed {args.seed}")
-    results = bench.run(tasks, methods, images=args.images, attack_steps=args.attack_steps, seed=args.seed)
-    bench.write_outputs(results, *paths, command=command)
+    command = (f"python -m fade_core bench --methods {';'.join(methods)} --tasks {','.join(tasks)} "
+               f"--images {args.images} --attack-steps {args.attack_steps} --seed {args.seed} --workers {args.workers}"
+               + ("" if args.tuning else " --no-tuning"))
+    results = bench.run(tasks, methods, images=args.images, attack_steps=args.attack_steps, seed=args.seed,
+                        workers=args.workers, tuning=args.tuning, runs_dir=runs_dir)
+    notes = notes_path.read_text() if notes_path.is_file() else ""
+    bench.write_outputs(results, *paths, command=command, notes=notes)
     print(f"results: {paths[0]}, plot: {paths[1]}, table: {paths[2]}")
     return 0
+
+
+def _bench_methods(text: str) -> list[str]:
+    """Methods separated by ';' (a method's own settings use ','): fade;esd@steps=400,learning_rate=0.001."""
+    methods = [m.strip() for m in text.split(";") if m.strip()]
+    require(bool(methods), f"--methods is empty; choose from {', '.join(METHODS)}")
+    for method in methods:
+        require(method_name(method) in METHODS, f"unknown method {method_name(method)!r}; choose from {', '.join(METHODS)}")
+        try:
+            method_settings(method)
+        except ValueError as error:
+            require(False, str(error))
+    return methods
 
 
 # -- the parser -----------------------------------------------------------------------------------
@@ -340,11 +356,15 @@ def build_parser() -> argparse.ArgumentParser:
     sample.set_defaults(run=cmd_sample)
 
     benchmark = sub.add_parser("bench", help="FADE, its ablations, ESD and UCE on the same tasks; writes BENCHMARKS.md, JSON and a plot")
-    benchmark.add_argument("--methods", default=",".join(METHODS), help="comma-separated, from: " + ", ".join(METHODS))
+    benchmark.add_argument("--methods", default=";".join(METHODS),
+                           help="separated by ';', from: " + ", ".join(METHODS) + "; settings after @, such as esd@steps=400")
     benchmark.add_argument("--tasks", default=",".join(DEFAULT_TASKS),
                            help="comma-separated tasks; concepts erased together are joined by + (e.g. one+four+seven)")
     benchmark.add_argument("--images", type=int, default=200, help="generations per concept and measurement")
-    benchmark.add_argument("--attack-steps", type=int, default=100, help="optimisation steps of the embedding attack (0: none)")
+    benchmark.add_argument("--attack-steps", type=int, default=300, help="optimisation steps of the embedding attack (0: no attacks)")
+    benchmark.add_argument("--workers", type=int, default=1, help="jobs at once, each in its own process with one thread")
+    benchmark.add_argument("--no-tuning", dest="tuning", action="store_false",
+                           help="skip the tuning variants (each method's alternative settings on eight)")
     benchmark.add_argument("--seed", type=int, default=0)
     benchmark.add_argument("--json", default="benchmarks/bench.json")
     benchmark.add_argument("--plot", default="benchmarks/bench.png")

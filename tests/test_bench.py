@@ -12,7 +12,10 @@ def test_bench_writes_json_plot_and_table(tmp_path, monkeypatch):
     rows = results["tasks"]["five"]
     assert set(rows) == {"base", "uce"}
     assert rows["base"]["acc_trained"] > 0.9  # the base model draws its fives
-    assert {"acc_trained", "acc_unseen", "acc_attack", "acc_other", "fid_proxy", "clip_proxy", "H", "seconds", "peak_mb"} <= set(rows["uce"])
+    assert {"acc_trained", "acc_unseen", "acc_context", "acc_embedding", "acc_discrete", "acc_other", "fid_proxy", "clip_proxy",
+            "H", "H_worst", "seconds", "peak_mb"} <= set(rows["uce"])
+    assert rows["uce"]["H_worst"] <= rows["uce"]["H"]  # the worst Acc of the row is at least the trained one
+    assert (tmp_path / "benchmarks" / "runs" / "five__uce.json").is_file()  # kept for a resumed run
     assert (tmp_path / "benchmarks" / "bench.png").read_bytes()[:4] == b"\x89PNG"
     table = (tmp_path / "BENCHMARKS.md").read_text()
     assert "| uce |" in table and "python -m fade_core bench" in table
