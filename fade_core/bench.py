@@ -296,6 +296,22 @@ def markdown(results: dict, command: str, notes: str = "") -> str:
     return "\n".join(lines)
 
 
+def robustness_table(results: dict, command: str) -> str:
+    """README's "How robust is the erasure": every method on the tuning task, under every attack."""
+    rows = results["tasks"].get(TUNING_TASK, {})
+    keys = ("acc_trained", "acc_unseen", "acc_context", "acc_embedding", "acc_discrete", "acc_worst")
+    header = ["method", "Acc trained %", "unseen %", "context %", "embedding attack %", "word search %", "worst %",
+              "other concepts %", "FID-proxy", "H worst", "wall s"]
+    lines = [f"Written by `{command}` (the {TUNING_TASK} task of BENCHMARKS.md).", "",
+             "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for method, row in rows.items():
+        cells = [f"{100 * row[k]:.1f}" if k in row else "" for k in keys]
+        cells += [f"{100 * row['acc_other']:.1f}", f"{row['fid_proxy']:.1f}",
+                  f"{row['H_worst']:.3f}" if "H_worst" in row else "", f"{row['seconds']:.0f}" if "seconds" in row else ""]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def plot(results: dict, path: Path) -> None:
     import matplotlib
 

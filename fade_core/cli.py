@@ -278,6 +278,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
                         workers=args.workers, tuning=args.tuning, runs_dir=runs_dir)
     notes = notes_path.read_text() if notes_path.is_file() else ""
     bench.write_outputs(results, *paths, command=command, notes=notes)
+    readme = root / "README.md"
+    if readme.is_file() and "<!-- robustness:start -->" in readme.read_text(encoding="utf-8"):
+        from .report import replace_section
+
+        replace_section("robustness", bench.robustness_table(results, command), readme)
     print(f"results: {paths[0]}, plot: {paths[1]}, table: {paths[2]}")
     return 0
 

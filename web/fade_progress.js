@@ -17,7 +17,7 @@ const TRAIN_NODE = "FADETrainEraser";
 const TEXT_NODES = {
   FADEBuildPromptSet: "the prompt pairs appear here after a run",
   FADEComputeSaliency: "the ranked modules appear here after a run",
-  FADETrainEraser: "the final adversary accuracy, TV bound and losses appear here after a run",
+  FADETrainEraser: "the adversary accuracy, the audit and the losses appear here after a run",
   FADEApplyErasedLoRA: "the erasure the LoRA records appears here after a run",
 };
 const CHART_WIDGET = "fade_chart";
