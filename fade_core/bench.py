@@ -35,6 +35,7 @@ from .bench_tasks import TUNING, TUNING_TASK, method_name, method_settings, runs
 from .digits import attacks, data
 from .digits.judge import DigitsJudge, default_prompt_set
 from .digits.model import load_adapter
+from .errors import FadeInputError
 from .fade import FadeConfig, FadeTrainer
 from .files import atomic_write
 from .metrics import erasure_score
@@ -126,6 +127,8 @@ def erase(method: str, concepts: list[str], seed: int) -> tuple[DenoiserAdapter,
     if name == "fade-no-preservation":
         config.preservation_weight = 0.0
     for key, value in settings.items():
+        if not hasattr(config, key):
+            raise FadeInputError(f"method {method!r}: FADE has no setting {key!r}; use a FadeConfig field such as steps")
         setattr(config, key, value)
     config.check()
     result = FadeTrainer(adapter, prompt_set, modules, config).run()

@@ -2,7 +2,7 @@
 line checks a ``bench`` request before any work (the benchmark itself is :mod:`fade_core.bench`).
 
 A method is a name from :data:`METHODS`, optionally with settings after ``@`` that replace its
-defaults: ``esd@steps=400``, ``fade@steps=300,learning_rate=0.002``. The default run adds the
+defaults: ``esd@steps=400``, ``fade@steps=300:learning_rate=0.002``. The default run adds the
 tuning variants of :data:`TUNING` on :data:`TUNING_TASK`, so that BENCHMARKS.md shows what each
 method's chosen settings were compared with.
 """
@@ -40,10 +40,10 @@ def method_settings(method: str) -> dict[str, int | float | str]:
     if "@" not in method:
         return {}
     settings = {}
-    for item in method.split("@", 1)[1].split(","):
+    for item in method.split("@", 1)[1].split(":"):
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"method {method!r}: settings are key=value pairs separated by commas, such as esd@steps=400")
+            raise ValueError(f"method {method!r}: settings are key=value pairs separated by ':', such as fade@steps=300:learning_rate=0.002")
         for kind in (int, float):
             try:
                 settings[key.strip()] = kind(value)

@@ -271,7 +271,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     notes_path = paths[0].parent / "notes.md"
     from . import bench
 
-    command = (f"python -m fade_core bench --methods {';'.join(methods)} --tasks {','.join(tasks)} "
+    command = (f"python -m fade_core bench --methods {','.join(methods)} --tasks {','.join(tasks)} "
                f"--images {args.images} --attack-steps {args.attack_steps} --seed {args.seed} --workers {args.workers}"
                + ("" if args.tuning else " --no-tuning"))
     results = bench.run(tasks, methods, images=args.images, attack_steps=args.attack_steps, seed=args.seed,
@@ -288,11 +288,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _bench_methods(text: str) -> list[str]:
-    """Methods separated by ';' (a method's own settings use ','): fade;esd@steps=400,learning_rate=0.001."""
-    methods = [m.strip() for m in text.split(";") if m.strip()]
+    """Methods separated by commas, a method's own settings after @ and separated by ':':
+    fade,esd@steps=400:learning_rate=0.001."""
+    methods = [m.strip() for m in text.split(",") if m.strip()]
     require(bool(methods), f"--methods is empty; choose from {', '.join(METHODS)}")
+    unknown = [method_name(m) for m in methods if method_name(m) not in METHODS]
+    require(not unknown, f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
     for method in methods:
-        require(method_name(method) in METHODS, f"unknown method {method_name(method)!r}; choose from {', '.join(METHODS)}")
         try:
             method_settings(method)
         except ValueError as error:
@@ -361,8 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.set_defaults(run=cmd_sample)
 
     benchmark = sub.add_parser("bench", help="FADE, its ablations, ESD and UCE on the same tasks; writes BENCHMARKS.md, JSON and a plot")
-    benchmark.add_argument("--methods", default=";".join(METHODS),
-                           help="separated by ';', from: " + ", ".join(METHODS) + "; settings after @, such as esd@steps=400")
+    benchmark.add_argument("--methods", default=",".join(METHODS),
+                           help="comma-separated, from: " + ", ".join(METHODS) + "; settings after @, such as esd@steps=400")
     benchmark.add_argument("--tasks", default=",".join(DEFAULT_TASKS),
                            help="comma-separated tasks; concepts erased together are joined by + (e.g. one+four+seven)")
     benchmark.add_argument("--images", type=int, default=200, help="generations per concept and measurement")

@@ -14,7 +14,8 @@ from comfy_api.latest import io, ui
 from ..fade_core.errors import FadeInputError
 from ..fade_core.files import load_safetensors, read_safetensors_metadata
 from ..fade_core.lora_file import base_model_problem, check_lora, kohya_modules, require_lora
-from .host import base_family, lora_file
+from .comfy_adapter import model_family
+from .host import lora_file
 from .sockets import CATEGORY
 
 SHOWN_METADATA = (
@@ -92,7 +93,7 @@ class FADEApplyErasedLoRA(io.ComfyNode):
         lora = load_safetensors(path)  # names the file and what is wrong with it; refuses NaN and infinity
         metadata = read_safetensors_metadata(path)
         lines = [describe(metadata)]
-        problem = base_model_problem(metadata, base_family(model), lambda name: module_weight(model, name))
+        problem = base_model_problem(metadata, model_family(model), lambda name: module_weight(model, name))
         if problem and not accept_other_base_model:
             raise FadeInputError(f"{lora_name} may not suit this model: {problem}; set accept_other_base_model to apply it anyway")
         if problem:
@@ -100,12 +101,12 @@ class FADEApplyErasedLoRA(io.ComfyNode):
         require_lora(path, lora)
         key_map, shapes = lora_targets(model, clip)
         if kohya_modules(lora):
-            check_lora(path, lora, shapes, model=f"this {base_family(model)} model", every_module=False)
+            check_lora(path, lora, shapes, model=f"this {model_family(model)} model", every_module=False)
         matched = comfy.lora.load_lora(comfy.lora_convert.convert_lora(lora), key_map, log_missing=False)
         total = len(kohya_modules(lora)) or len(lora)
         if not matched:
             raise FadeInputError(
-                f"none of the {total} modules of {lora_name} matches this {base_family(model)} model; "
+                f"none of the {total} modules of {lora_name} matches this {model_family(model)} model; "
                 "it was made for another model: choose a LoRA made for this one"
             )
         text_encoder = clip is None and any(key.startswith("lora_te") for key in lora)

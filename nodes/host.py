@@ -84,7 +84,3 @@ def lora_file(name: str) -> Path:
             return path
     raise FadeInputError(f"{name} is not a file inside the loras folders ({', '.join(folders)}); choose a LoRA from the list")
 
-
-def base_family(model) -> str:
-    """The model family a LoRA is made for, as ComfyUI names its model configurations (SD15, SDXL, Flux, ...)."""
-    return type(model.model.model_config).__name__

@@ -14,8 +14,8 @@ from ..fade_core.config import FadeConfig
 from ..fade_core.errors import FadeInputError, FadeInterrupted
 from ..fade_core.fade import StepReport
 from ..fade_core.run import erase_and_export
-from .comfy_adapter import ComfyAdapter
-from .host import Progress, base_family, gradients_enabled, reserve_lora_output, running_node_id
+from .comfy_adapter import ComfyAdapter, model_family
+from .host import Progress, gradients_enabled, reserve_lora_output, running_node_id
 from .sockets import CATEGORY, PromptSetType, SaliencyType
 
 EVENT_EVERY = 5  # steps between progress events for the web chart
@@ -118,7 +118,7 @@ class FADETrainEraser(io.ComfyNode):
                 )
             try:
                 erasure = erase_and_export(
-                    adapter, prompt_set, saliency.selected, config, output, base_model=base_family(model),
+                    adapter, prompt_set, saliency.selected, config, output, base_model=model_family(model),
                     adversary=judge, callback=on_step,
                     interrupts=(comfy.model_management.InterruptProcessingException, KeyboardInterrupt),
                 )

@@ -73,7 +73,7 @@ def write_inputs(folder: Path) -> None:
     save(folder / "not-a-lora.safetensors", {"model.diffusion_model.out.2.weight": torch.zeros(4, 4)})
     save(folder / "unrelated.safetensors", kohya("lora_unet_no_such_block_proj", (4, 32), (32, 4)))
     save(folder / "wrong-shapes.safetensors", kohya("lora_unet_" + DIGITS_MODULE.replace(".", "_"), (4, 768), (320, 4)))
-    save(folder / "other-family.safetensors", digits_lora(), {"fade_method": "FADE", "fade_base_model": "SD15"})
+    save(folder / "other-family.safetensors", digits_lora(), {"fade_method": "FADE", "fade_base_model": "sd_v1"})
     save(folder / "other-weights.safetensors", digits_lora(),
          {"fade_method": "FADE", "fade_base_model": DIGITS, "fade_base_fingerprint": {DIGITS_MODULE: [0.0, 5.0]}})
     (folder / "binary.txt").write_bytes(bytes(range(256)) * 4)
@@ -156,7 +156,7 @@ CLI_CASES = [
     Cli("LoRA that is a model", "sample --prompt 'a 3' --lora {in}/not-a-lora.safetensors", "is not a LoRA:", "choose a LoRA file", light=False),
     Cli("LoRA of unrelated modules", "sample --prompt 'a 3' --lora {in}/unrelated.safetensors", "exists in the embedded model", "choose a LoRA made for", light=False),
     Cli("LoRA of other shapes", "sample --prompt 'a 3' --lora {in}/wrong-shapes.safetensors", "changes a 320x768 weight", "choose a LoRA made for", light=False),
-    Cli("LoRA of another family", "evaluate --concept three --lora {in}/other-family.safetensors", "made for SD15", "pass --accept-other-base-model", light=False),
+    Cli("LoRA of another family", "evaluate --concept three --lora {in}/other-family.safetensors", "made for sd_v1", "pass --accept-other-base-model", light=False),
     Cli("LoRA of other weights", "sample --prompt 'a 3' --lora {in}/other-weights.safetensors", "the weights it changes differ", "pass --accept-other-base-model", light=False),
     Cli("prompts file binary", "evaluate --concept three --prompts {in}/binary.txt", "not a UTF-8 text file", "one prompt per line"),
     Cli("prompts file missing", "evaluate --concept three --prompts {in}/none.txt", "no prompt file", "one prompt per line"),
@@ -296,11 +296,11 @@ NODE_CASES = [
     Node("LoRA a renamed pickle", "apply", {"lora_name": "pickled.safetensors"}, "pickled PyTorch file", "convert it to safetensors"),
     Node("LoRA with NaN", "apply", {"lora_name": "nan.safetensors"}, "NaN or infinite values", "use another file"),
     Node("LoRA that is a model", "apply", {"lora_name": "not-a-lora.safetensors"}, "is not a LoRA", "choose a LoRA file"),
-    Node("LoRA of unrelated modules", "apply", {"lora_name": "unrelated.safetensors"}, "exists in this SD15 model", "choose a LoRA made for"),
-    Node("LoRA of other shapes", "apply", {"lora_name": "wrong-shapes.safetensors"}, "does not fit this SD15 model", "choose a LoRA made for"),
-    Node("LoRA of another family", "apply", {"lora_name": "lora.safetensors"}, f"made for {DIGITS}, and this model is SD15", "set accept_other_base_model"),
-    Node("LoRA of another family, accepted", "apply", {"lora_name": "lora.safetensors", "accept_other_base_model": True}, "does not fit this SD15 model", "choose a LoRA made for"),
-    Node("LoRA of other SD15 weights", "apply", {"lora_name": "sd15-other-weights.safetensors"}, "made for another SD15 model", "set accept_other_base_model"),
+    Node("LoRA of unrelated modules", "apply", {"lora_name": "unrelated.safetensors"}, "exists in this sd_v1 model", "choose a LoRA made for"),
+    Node("LoRA of other shapes", "apply", {"lora_name": "wrong-shapes.safetensors"}, "does not fit this sd_v1 model", "choose a LoRA made for"),
+    Node("LoRA of another family", "apply", {"lora_name": "lora.safetensors"}, f"made for {DIGITS}, and this model is sd_v1", "set accept_other_base_model"),
+    Node("LoRA of another family, accepted", "apply", {"lora_name": "lora.safetensors", "accept_other_base_model": True}, "does not fit this sd_v1 model", "choose a LoRA made for"),
+    Node("LoRA of other SD15 weights", "apply", {"lora_name": "sd15-other-weights.safetensors"}, "made for another sd_v1 model", "set accept_other_base_model"),
 ]
 
 
@@ -313,7 +313,7 @@ def comfy(tmp_path_factory):
     loras = tmp_path_factory.mktemp("loras")
     write_inputs(loras)
     save(loras / "sd15-other-weights.safetensors", kohya("lora_unet_" + "down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k", (4, 64), (32, 4)),
-         {"fade_method": "FADE", "fade_base_model": "SD15", "fade_base_fingerprint": {SD15_MODULE: [0.0, 5.0]}})
+         {"fade_method": "FADE", "fade_base_model": "sd_v1", "fade_base_fingerprint": {SD15_MODULE: [0.0, 5.0]}})
     (loras / "fade").mkdir()
     save(loras / "fade" / "erased_00001.safetensors", digits_lora(), {"fade_status": "complete"})
     save(loras / "fade" / "erased_00001-interrupted.safetensors", digits_lora(), {"fade_status": "interrupted"})

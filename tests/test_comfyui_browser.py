@@ -246,7 +246,7 @@ def test_a_training_queued_from_the_page_draws_the_chart_and_the_texts(page, ser
         ("FADEComputeSaliency", "prompts", 2), ("FADEComputeSaliency", "sampling_steps", 3),
         ("FADEComputeSaliency", "width", 64), ("FADEComputeSaliency", "height", 64),
         ("FADETrainEraser", "steps", 5), ("FADETrainEraser", "adversary_warmup", 2),
-        ("FADETrainEraser", "sampling_steps", 3), ("FADETrainEraser", "batch_size", 2),
+        ("FADETrainEraser", "sampling_steps", 3), ("FADETrainEraser", "batch_size", 2), ("FADETrainEraser", "audit_samples", 8),
         ("FADETrainEraser", "width", 64), ("FADETrainEraser", "height", 64),
         ("EmptyLatentImage", "width", 64), ("EmptyLatentImage", "height", 64), ("KSampler", "steps", 2),
     ]

@@ -74,7 +74,7 @@ def test_a_second_cancel_keeps_the_first_and_both_carry_the_full_record(host):
     assert metadata["fade_status"] == "interrupted" and json.loads(metadata["fade_steps_done"]) == 3  # the cancel is seen at the next step
     assert metadata["fade_category"] == "object" and json.loads(metadata["fade_concepts"]) == ["airplane"]
     assert len(json.loads(metadata["fade_modules"])) == 2 and json.loads(metadata["fade_hyperparameters"])["lora_rank"] == 2
-    assert metadata["fade_base_model"] == "SD15" and len(json.loads(metadata["fade_base_fingerprint"])) == 2
+    assert metadata["fade_base_model"] == "sd_v1" and len(json.loads(metadata["fade_base_fingerprint"])) == 2
 
 
 def test_a_lora_linked_into_the_folder_is_applied_and_names_still_cannot_escape(host, tmp_path):
@@ -102,12 +102,12 @@ def test_apply_reports_partial_matches_and_a_lora_accepted_from_another_base_mod
                              (("lora_down.weight", torch.zeros(2, 8)), ("lora_up.weight", torch.zeros(8, 2)), ("alpha", torch.tensor(2.0)))}
     save_file(partial, str(loras / "partial.safetensors"))
     save_file(sd15_lora(), str(loras / "other-sd15.safetensors"),
-              metadata={"fade_method": "FADE", "fade_status": "complete", "fade_base_model": "SD15",
+              metadata={"fade_method": "FADE", "fade_status": "complete", "fade_base_model": "sd_v1",
                         "fade_base_fingerprint": json.dumps({SD15_MODULE: [0.0, 5.0]})})
     model = tiny_sd15()
     with torch.inference_mode():
         _, _, text = nodes["FADEApplyErasedLoRA"].execute(model, "partial.safetensors", 1.0, False).args
         assert "modules matched: 1 of 2" in text
         applied, _, text = nodes["FADEApplyErasedLoRA"].execute(model, "other-sd15.safetensors", 0.5, True).args
-    assert "warning: it was made for another SD15 model" in text and "applied anyway (accept_other_base_model)" in text
+    assert "warning: it was made for another sd_v1 model" in text and "applied anyway (accept_other_base_model)" in text
     assert "modules matched: 1 of 1" in text and applied.patches
