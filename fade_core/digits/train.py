@@ -5,7 +5,7 @@
 
 Both are seeded, so a run repeats itself on one machine; across CPUs, thread counts and torch
 versions the floating-point sums differ, and so do the weights (a retrained evaluator was not
-bit-identical to the committed one, and reached about the same accuracy). The committed
+bit-identical to the committed one). The committed
 evaluator was kept from v1: the v2 model changed only the text-to-image part. The script ends by
 calibrating the guidance scale: for each scale, how often the evaluator recognises the requested
 digit (per digit) and style (per style), on the training captions and in held-out contexts; it
