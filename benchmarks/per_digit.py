@@ -49,11 +49,16 @@ def main() -> int:
     parser.add_argument("--attack-steps", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--digits", default=",".join(data.DIGIT_NAMES), help="comma-separated; default all ten")
     args = parser.parse_args()
-    results = bench.run(list(data.DIGIT_NAMES), ["fade"], images=args.images, attack_steps=args.attack_steps,
+    digits = [d.strip() for d in args.digits.split(",") if d.strip()]
+    unknown = [d for d in digits if d not in data.DIGIT_NAMES]
+    if unknown or not digits:
+        parser.error(f"--digits: unknown {unknown}; use digit names such as three,five")
+    results = bench.run(digits, ["fade"], images=args.images, attack_steps=args.attack_steps,
                         seed=args.seed, workers=args.workers, tuning=False, runs_dir=ROOT / "benchmarks" / "runs")
     command = (f"python benchmarks/per_digit.py --images {args.images} --attack-steps {args.attack_steps} "
-               f"--seed {args.seed} --workers {args.workers}")
+               f"--seed {args.seed} --workers {args.workers}" + ("" if len(digits) == 10 else f" --digits {','.join(digits)}"))
     path = ROOT / "benchmarks" / "per_digit.json"
     atomic_write(path, lambda temporary: temporary.write_text(json.dumps(results, indent=1) + "\n"))
     replace_section("per-digit", table(results, command))
