@@ -63,7 +63,7 @@ class FadeConfig:
     robust_refresh: float = 0.25  # share of the bank started afresh every round
     robust_attack_lr: float = 1e-2
     robust_targets: int = 64  # the base model's samples of each concept: the attack's targets
-    robust_anchor_weight: float = 0.0  # weight of the bank's anchor loss (robust.py); 0: L_rem only
+    robust_anchor_weight: float = 1.0  # weight of the bank's anchor loss (robust.py); 0: L_rem only (1: the benchmark's fade-robust)
 
     def check(self) -> None:
         """Refuses any setting that cannot work, naming it and what to use instead."""

@@ -101,3 +101,25 @@ def test_a_text_encoder_lora_trains_through_the_prompts(adapter):
     assert result.steps_done == 3
     assert all(up.abs().sum() > 0 for _, up, _ in adapter.lora.factors().values())
     assert (adapter.encode(["a handwritten 3"]).tensors["context"] - before).abs().max() > 0
+
+
+def test_the_robust_extension_attacks_between_updates_and_trains_on_its_bank(adapter):
+    """robust_every > 0: a bank of soft prompts is attacked against the base model before the LoRA
+    moves and again every robust_every updates; concept trajectories then start from it."""
+    prompt_set = default_prompt_set(["eight"], num_prompts=8)
+    modules = list(adapter.lora_candidates("cross_attention"))
+    config = FadeConfig(steps=4, adversary_warmup=1, batch_size=4, validate_every=4, sampling_steps=4, stop_patience=10,
+                        robust_every=2, robust_attack_steps=2, robust_warmup_steps=2, robust_bank_size=4, robust_targets=8,
+                        robust_share=1.0)
+    trainer = FadeTrainer(adapter, prompt_set, modules, config)
+    bank = trainer.adversarial
+    assert bank is not None and bank.size == 4
+    warmed = bank.conditioning.tensors[adapter.context_key].clone()
+    calls = []
+    original = bank.attack
+    bank.attack = lambda steps: calls.append(steps) or original(steps)
+    result = trainer.run()
+    assert calls == [2, 2]  # after updates 2 and 4
+    assert not torch.equal(bank.conditioning.tensors[adapter.context_key], warmed)  # the attack moved the bank
+    assert result.steps_done == 4 and all(torch.isfinite(t).all() for t in result.lora.values())
+    assert any(t.abs().sum() > 0 for k, t in result.lora.items() if k.endswith(".up"))
