@@ -39,6 +39,7 @@ from .errors import FadeInputError
 from .fade import FadeConfig, FadeTrainer
 from .files import atomic_write
 from .metrics import erasure_score
+from .report import markdown_table
 from .saliency import compute_saliency
 
 # ESD's best of a sweep on digit five of the v1 model (eta 1 or 2, lr 3e-4 to 1e-3, 200 or 400
@@ -305,14 +306,13 @@ def robustness_table(results: dict, command: str) -> str:
     keys = ("acc_trained", "acc_unseen", "acc_context", "acc_embedding", "acc_discrete", "acc_worst")
     header = ["method", "Acc trained %", "unseen %", "context %", "embedding attack %", "word search %", "worst %",
               "other concepts %", "FID-proxy", "H worst", "wall s"]
-    lines = [f"Written by `{command}` (the {TUNING_TASK} task of BENCHMARKS.md).", "",
-             "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    table = []
     for method, row in rows.items():
         cells = [f"{100 * row[k]:.1f}" if k in row else "" for k in keys]
         cells += [f"{100 * row['acc_other']:.1f}", f"{row['fid_proxy']:.1f}",
                   f"{row['H_worst']:.3f}" if "H_worst" in row else "", f"{row['seconds']:.0f}" if "seconds" in row else ""]
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        table.append([method, *cells])
+    return f"Written by `{command}` (the {TUNING_TASK} task of BENCHMARKS.md).\n\n" + markdown_table(header, table)
 
 
 def plot(results: dict, path: Path) -> None:
