@@ -21,6 +21,7 @@ noise), so the number it gets right is binomial and the Clopper-Pearson interval
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -99,13 +100,16 @@ def audit(
     learning_rate: float = 1e-3,
     generation_batch: int = 256,
     seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
 ) -> AuditResult:
     """Audits the model as the adapter holds it now (LoRA included).
 
     ``samples`` generations of each class (concept and neutral), each from a prompt pair drawn
     uniformly from all of the prompt set's pairs and its own noise; ``held_out_fraction`` of them are
     judged, the rest train the adversary for ``adversary_steps`` Adam steps. Generations run
-    ``generation_batch`` at a time (a host passes what its training forward holds).
+    ``generation_batch`` at a time (a host passes what its training forward holds). ``progress``
+    is called with (done, total) units of work (a generation batch, an adversary step) as they end;
+    a host stops the audit by raising from it.
     """
     started = time.perf_counter()
     pairs = prompt_set.pairs("all")
@@ -129,11 +133,16 @@ def audit(
     labels = torch.cat([torch.ones(samples), torch.zeros(samples)])
     noise = initial_noise(adapter, 2 * samples, generator)
     step = max(1, generation_batch)
+    starts = range(0, len(prompts), step)
+    total_work = len(starts) + adversary_steps
+    report = progress or (lambda done, total: None)
+    batches = []
     with torch.no_grad():
-        images = torch.cat([
-            sample(adapter, adapter.encode(prompts[i : i + step]), noise[i : i + step], num_steps=sampling_steps, guidance=guidance)
-            for i in range(0, len(prompts), step)
-        ])
+        for done, i in enumerate(starts, 1):
+            encoded = adapter.encode(prompts[i : i + step])
+            batches.append(sample(adapter, encoded, noise[i : i + step], num_steps=sampling_steps, guidance=guidance))
+            report(done, total_work)
+    images = torch.cat(batches)
     if not torch.isfinite(images).all():
         raise FadeInputError("the model produced non-finite samples; the audit cannot judge them (is the LoRA broken?)")
 
@@ -145,13 +154,15 @@ def audit(
     optimizer = torch.optim.Adam(adversary.parameters(), lr=learning_rate)
     adversary.train()
     with torch.enable_grad():
-        for _ in range(adversary_steps):
+        for adversary_step in range(1, adversary_steps + 1):
             chosen = torch.randint(0, len(train_x), (min(batch_size, len(train_x)),), generator=generator).to(images.device)
             logits = adversary(train_x[chosen]).gather(1, train_heads[chosen, None]).squeeze(1)
             loss = F.binary_cross_entropy_with_logits(logits, train_y[chosen])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if adversary_step % 10 == 0 or adversary_step == adversary_steps:
+                report(len(starts) + adversary_step, total_work)
     adversary.eval()
 
     with torch.no_grad():

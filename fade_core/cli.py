@@ -159,10 +159,22 @@ def _erase(args, concepts, prompt_set, config, output) -> int:
             postfix["D_val"] = f"{report.validation_accuracy:.2f}"
         bar.set_postfix(postfix, refresh=False)
 
+    audit_bar = None
+
+    def on_audit(done: int, total: int) -> None:
+        nonlocal audit_bar
+        if audit_bar is None:
+            bar.close()
+            audit_bar = tqdm(total=total, desc="audit", disable=args.quiet)
+        audit_bar.update(done - audit_bar.n)
+
     try:
-        erasure = erase_and_export(adapter, prompt_set, saliency.selected, config, output, base_model=MODEL_NAME, callback=on_step)
+        erasure = erase_and_export(adapter, prompt_set, saliency.selected, config, output, base_model=MODEL_NAME,
+                                   callback=on_step, audit_progress=on_audit)
     finally:
         bar.close()
+        if audit_bar is not None:
+            audit_bar.close()
     result = erasure.result
     after = judge.measure(adapter, concepts)
     print(_format_scores("after", after.with_h(before)))

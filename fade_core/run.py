@@ -9,6 +9,7 @@ rank against the chosen modules, and the disk space for the LoRA. Then:
   samples) and written, audit included, to the reserved name (never replacing a file unless asked);
 - an interrupted run keeps the LoRA trained so far in ``<name>-interrupted``, with the full record
   (settings, modules, steps done, status); if the LoRA never moved, it says so and writes nothing;
+  interrupted during the audit, it keeps the trained LoRA there, marked as not audited;
 - a diverged run keeps the LoRA of the last validation in ``<name>-diverged``, or says there was none;
 - a failed write puts the LoRA in the temporary folder and names it in the error.
 """
@@ -87,12 +88,14 @@ def erase_and_export(
     base_model: str,
     adversary: nn.Module | None = None,
     callback: Callable[[StepReport], None] | None = None,
+    audit_progress: Callable[[int, int], None] | None = None,
     interrupts: tuple[type[BaseException], ...] = (KeyboardInterrupt,),
 ) -> Erasure:
     """Trains FADE's LoRA on ``modules`` and writes it to ``output``; the adapter's denoiser keeps
     the LoRA (the caller removes it when the host shares the model).
 
     ``base_model`` names the model family in the file (checked when the LoRA is applied).
+    ``callback`` sees every training step, ``audit_progress`` the audit's (done, total) work.
     ``interrupts`` are the exceptions by which the host stops a run; they become
     :class:`FadeInterrupted`, raised from the original. A divergence is a
     :class:`FadeTrainingError`, a failed write a :class:`FadeExportError`, each naming what was saved."""
@@ -106,11 +109,12 @@ def erase_and_export(
         "fade_versions": library_versions(),
     }
 
-    def save(state, status: str, steps_done: int, validation_accuracy: float | None, stopped: bool = False, audited=None):
+    def save(state, status: str, steps_done: int, validation_accuracy: float | None, stopped: bool = False,
+             audit_record: dict[str, str] | None = None):
         metadata = record | erasure_metadata(
             prompt_set, config, modules, status=status, steps_done=steps_done,
             validation_accuracy=validation_accuracy, stopped_at_chance=stopped,
-        ) | (audited.metadata() if audited is not None else {})
+        ) | (audit_record or {})
         tensors, header = lora_file_contents(adapter, metadata, state)
         path = output.write(lambda temporary: save_file(tensors, str(temporary), metadata=header), status)
         return path, tensors
@@ -119,13 +123,17 @@ def erase_and_export(
     try:
         trainer = FadeTrainer(adapter, prompt_set, modules, config, adversary=adversary, callback=callback)
         result = trainer.run()
-        audited = audit(adapter, prompt_set, samples=config.audit_samples, guidance=config.guidance,
-                        sampling_steps=config.sampling_steps, generation_batch=2 * config.batch_size, seed=config.seed)
     except interrupts as stop:
         raise _interrupted(trainer, config, save) from stop
     except FadeTrainingError as error:
         raise _diverged(trainer, error, save) from error
-    path, tensors = save(result.lora, "complete", result.steps_done, result.validation_accuracy, result.stopped_at_chance, audited)
+    try:
+        audited = audit(adapter, prompt_set, samples=config.audit_samples, guidance=config.guidance,
+                        sampling_steps=config.sampling_steps, generation_batch=2 * config.batch_size, seed=config.seed, progress=audit_progress)
+    except interrupts as stop:
+        raise _interrupted_in_audit(result, save) from stop
+    path, tensors = save(result.lora, "complete", result.steps_done, result.validation_accuracy, result.stopped_at_chance,
+                         audited.metadata())
     return Erasure(result, audited, path, tensors)
 
 
@@ -152,6 +160,18 @@ def _interrupted(trainer: FadeTrainer | None, config: FadeConfig, save) -> FadeI
         return FadeInterrupted(f"interrupted after {steps} of {config.steps} LoRA updates; {error}", error.saved)
     checked = "" if accuracy is not None else " (not validated yet)"
     return FadeInterrupted(f"interrupted after {steps} of {config.steps} LoRA updates; the LoRA trained so far{checked} is in {path}", path)
+
+
+def _interrupted_in_audit(result: FadeResult, save) -> FadeInterrupted:
+    """Training ended, the audit did not: the trained LoRA is kept under the interrupted name (a
+    complete file always carries its audit), and its metadata says why the audit is missing."""
+    where = f"interrupted in the audit, after all {result.steps_done} LoRA updates"
+    try:
+        path, _ = save(result.lora, "interrupted", result.steps_done, result.validation_accuracy, result.stopped_at_chance,
+                       {"fade_audit_note": "not audited: the run was interrupted during the audit, after training ended"})
+    except FadeExportError as error:
+        return FadeInterrupted(f"{where}; {error}", error.saved)
+    return FadeInterrupted(f"{where}; the trained LoRA, without its audit, is in {path}", path)
 
 
 def _diverged(trainer: FadeTrainer | None, error: FadeTrainingError, save) -> FadeTrainingError:

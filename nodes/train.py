@@ -119,7 +119,7 @@ class FADETrainEraser(io.ComfyNode):
             try:
                 erasure = erase_and_export(
                     adapter, prompt_set, saliency.selected, config, output, base_model=model_family(model),
-                    adversary=judge, callback=on_step,
+                    adversary=judge, callback=on_step, audit_progress=progress.advance_to,
                     interrupts=(comfy.model_management.InterruptProcessingException, KeyboardInterrupt),
                 )
             except FadeInterrupted as stop:

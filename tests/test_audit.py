@@ -43,8 +43,12 @@ def test_the_audit_is_at_chance_when_the_concept_is_gone_and_repeats_for_a_seed(
     assert gone.ci_low < 0.5 < gone.ci_high
     assert gone.tv_lower_bound == max(0.0, 2 * gone.accuracy - 1) and gone.tv_lower_bound_ci95 == 0.0
 
-    again = audit(adapter, prompt_set, seed=0, **BUDGET)
+    seen = []
+    again = audit(adapter, prompt_set, seed=0, progress=lambda done, total: seen.append((done, total)), **BUDGET)
     assert (again.correct, again.train_accuracy, again.ci_low) == (gone.correct, gone.train_accuracy, gone.ci_low)
+    # progress: one generation batch (192 prompts) and the adversary's 200 steps, reported every 10
+    assert seen[0] == (1, 201) and seen[-1] == (201, 201) and len(seen) == 1 + 20
+    assert all(a < b for (a, _), (b, _) in zip(seen, seen[1:]))
 
 
 def test_the_audit_refuses_budgets_that_leave_nothing_to_judge(adapter):

@@ -33,15 +33,35 @@ def sd15_lora(seed: int = 0) -> dict[str, torch.Tensor]:
             f"{SD15_KEY}.alpha": torch.tensor(2.0)}
 
 
-def cancelled_run(nodes, model, clip, prefix: str) -> None:
+STEPS = 5
+
+
+def after_two_updates(value: int, total: int) -> bool:
+    return total == WARMUP + STEPS and value == WARMUP + 2
+
+
+def in_the_audit():
+    """The first progress report after the training bar is full: the audit's."""
+    trained = False
+
+    def when(value: int, total: int) -> bool:
+        nonlocal trained
+        if total == WARMUP + STEPS and value == total:
+            trained = True
+            return False
+        return trained
+    return when
+
+
+def cancelled_run(nodes, model, clip, prefix: str, cancel_when=after_two_updates) -> None:
     import comfy.model_management
     import comfy.utils
 
-    def cancel_after_two_updates(value, total, preview, node_id=None):
-        if value == WARMUP + 2:
+    def cancel(value, total, preview, node_id=None):
+        if cancel_when(value, total):
             comfy.model_management.interrupt_current_processing(True)
 
-    comfy.utils.set_progress_bar_global_hook(cancel_after_two_updates)
+    comfy.utils.set_progress_bar_global_hook(cancel)
     try:
         with torch.inference_mode(), pytest.raises(comfy.model_management.InterruptProcessingException):
             prompt_set, _ = nodes["FADEBuildPromptSet"].execute(
@@ -50,7 +70,7 @@ def cancelled_run(nodes, model, clip, prefix: str) -> None:
                 model, clip, prompt_set, budget="top_k", mass_fraction=1.0, top_k=2, family="cross_attention", prompts=2,
                 sampling_steps=2, guidance=3.0, width=64, height=64, seed=0).args
             nodes["FADETrainEraser"].execute(
-                model, clip, prompt_set, saliency, steps=5, adversary_warmup=WARMUP, learning_rate=5e-3, lora_rank=2,
+                model, clip, prompt_set, saliency, steps=STEPS, adversary_warmup=WARMUP, learning_rate=5e-3, lora_rank=2,
                 preservation_weight=20.0, t0_fraction=0.5, guidance=3.0, sampling_steps=2, batch_size=2, adversary="latent",
                 clip_vision_weights="none", clip_architecture="ViT-B-32", width=64, height=64, seed=0, gradient_checkpointing=False,
                 robust_every=0, audit_samples=8, filename_prefix=prefix)
@@ -75,6 +95,17 @@ def test_a_second_cancel_keeps_the_first_and_both_carry_the_full_record(host):
     assert metadata["fade_category"] == "object" and json.loads(metadata["fade_concepts"]) == ["airplane"]
     assert len(json.loads(metadata["fade_modules"])) == 2 and json.loads(metadata["fade_hyperparameters"])["lora_rank"] == 2
     assert metadata["fade_base_model"] == "sd_v1" and len(json.loads(metadata["fade_base_fingerprint"])) == 2
+
+
+def test_a_cancel_during_the_audit_keeps_the_trained_lora_marked_as_not_audited(host):
+    from comfyui_fade.fade_core.files import read_safetensors_metadata
+
+    nodes, loras = host
+    cancelled_run(nodes, tiny_sd15(), tiny_clip(), "fade/audit_cancel", cancel_when=in_the_audit())
+    assert sorted(p.name for p in (loras / "fade").glob("audit_cancel*")) == ["audit_cancel_00001-interrupted.safetensors"]
+    metadata = read_safetensors_metadata(loras / "fade" / "audit_cancel_00001-interrupted.safetensors")
+    assert metadata["fade_status"] == "interrupted" and json.loads(metadata["fade_steps_done"]) == STEPS
+    assert metadata["fade_audit_note"].startswith("not audited") and "fade_audit_accuracy" not in metadata
 
 
 def test_a_lora_linked_into_the_folder_is_applied_and_names_still_cannot_escape(host, tmp_path):

@@ -183,6 +183,20 @@ def test_an_interrupt_keeps_the_lora_trained_so_far_with_its_full_record(adapter
     assert sorted(p.name for p in tmp_path.iterdir()) == ["erased-interrupted.safetensors"]
 
 
+def test_an_interrupt_during_the_audit_keeps_the_trained_lora_marked_as_not_audited(adapter, tmp_path, monkeypatch):
+    def interrupted_audit(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("fade_core.run.audit", interrupted_audit)
+    with LoraOutput.named(tmp_path, "erased") as output, pytest.raises(FadeInterrupted) as stopped:
+        erase(adapter, output)
+    assert str(stopped.value) == (f"interrupted in the audit, after all 3 LoRA updates; the trained LoRA, without its audit, "
+                                  f"is in {tmp_path / 'erased-interrupted.safetensors'}")
+    assert_full_record(stopped.value.saved, "interrupted", 3)
+    metadata = read_safetensors_metadata(stopped.value.saved)
+    assert "fade_audit_accuracy" not in metadata and metadata["fade_audit_note"].startswith("not audited")
+
+
 def test_an_interrupt_in_the_warm_up_writes_nothing_and_says_so(adapter, tmp_path):
     with LoraOutput.named(tmp_path, "erased") as output, pytest.raises(FadeInterrupted) as stopped:
         erase(adapter, output, stop_at(1), adversary_warmup=2)
