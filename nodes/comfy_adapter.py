@@ -377,13 +377,17 @@ def ordinary_tensors(root: nn.Module) -> Iterator[None]:
 
 
 def checkpoint_blocks(denoiser: nn.Module) -> list[nn.Module]:
-    """The blocks whose activations gradient checkpointing recomputes: a UNet's input, middle and
-    output blocks; a transformer's blocks (every module of its top-level ModuleLists)."""
+    """The modules whose activations gradient checkpointing recomputes: a transformer's blocks
+    (every module of its top-level ModuleLists); for a UNet, the layers of its input, middle and
+    output blocks (ResBlocks, SpatialTransformers, ...). A UNet's forward runs each of its
+    TimestepEmbedSequential blocks by calling the block's layers one by one
+    (``forward_timestep_embed``), never the block's own forward, so the layers are what can be
+    wrapped."""
     blocks = [block for child in denoiser.children() if isinstance(child, nn.ModuleList) for block in child]
     middle = getattr(denoiser, "middle_block", None)
     if isinstance(middle, nn.Module):
         blocks.append(middle)
-    return blocks
+    return [layer for block in blocks for layer in (block if isinstance(block, nn.Sequential) else (block,))]
 
 
 @contextlib.contextmanager
@@ -407,6 +411,10 @@ def checkpointed_blocks(denoiser: nn.Module) -> Iterator[None]:
 
 
 def _checkpointed_call(forward, *args, **kwargs):
+    # The caller goes on changing its options dict (ComfyUI's transformer_options: the block
+    # index) after the call; the recomputation in backward must see it as it was.
+    kwargs = {key: dict(value) if isinstance(value, dict) else value for key, value in kwargs.items()}
+    args = tuple(dict(value) if isinstance(value, dict) else value for value in args)
     return torch.utils.checkpoint.checkpoint(_with_fresh_inputs, forward, *args, use_reentrant=False, **kwargs)
 
 
