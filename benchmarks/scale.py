@@ -59,6 +59,10 @@ def start_comfyui():
     from comfy.cli_args import args
 
     args.cpu = not torch.cuda.is_available()
+    # Attention through torch's scaled_dot_product_attention, as ComfyUI chooses on NVIDIA GPUs; on
+    # the CPU it would otherwise pick its chunked sub-quadratic attention, whose backward keeps
+    # every chunk, and the figures would not be the GPU's.
+    args.use_pytorch_cross_attention = True
     spec = importlib.util.spec_from_file_location("comfyui_fade", REPO / "__init__.py", submodule_search_locations=[str(REPO)])
     pack = importlib.util.module_from_spec(spec)
     sys.modules["comfyui_fade"] = pack
@@ -179,7 +183,7 @@ def run_one(family: str, size: int, batch: int, bf16: bool, checkpointing: bool,
         "model": family, "size": size, "batch": batch, "dtype": "bf16" if bf16 else "fp32", "checkpointing": checkpointing,
         "flux_blocks": list(flux_blocks) if family == "flux" else None, "parameters": parameters,
         "weights_gb": parameters * (2 if bf16 else 4) / 2**30, "device": "cuda" if cuda else "cpu",
-        "seconds_per_step": sum(seconds[1:]) / max(1, len(seconds) - 1), "first_step_s": seconds[0],
+        "seconds_per_step": sum(seconds[1:]) / (len(seconds) - 1) if len(seconds) > 1 else None, "first_step_s": seconds[0],
         "peak_gb": peak / 2**30, "step_extra_gb": step_extra / 2**30, "comfy_inference_estimate_gb": inference_estimate / 2**30,
         "training_estimate_gb": estimate / 2**30,
     }
@@ -218,7 +222,8 @@ def main() -> None:
                 results.append(json.loads(run.stdout.strip().splitlines()[-1]))
                 r = results[-1]
                 print(f"| {r['model']} | {r['size']} | {r['batch']} | {r['dtype']} | {'on' if r['checkpointing'] else 'off'} | "
-                      f"{r['parameters'] / 1e6:.0f} M | {r['weights_gb']:.2f} | {r['step_extra_gb']:.2f} | {r['peak_gb']:.2f} | {r['seconds_per_step']:.1f} |",
+                      f"{r['parameters'] / 1e6:.0f} M | {r['weights_gb']:.2f} | {r['step_extra_gb']:.2f} | {r['peak_gb']:.2f} | "
+                      f"{r['seconds_per_step'] or r['first_step_s']:.1f} |",
                       flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
