@@ -2,6 +2,7 @@
 
     COMFYUI_PATH=/path/to/ComfyUI python benchmarks/scale.py --model sd15 --size 512 --batch 1 [--bf16] [--checkpointing]
     COMFYUI_PATH=/path/to/ComfyUI python benchmarks/scale.py --matrix sd15:256 sdxl:512 flux:256
+    python benchmarks/scale.py --readme      # the README's table and plan, from benchmarks/scale.json
 
 Builds ComfyUI's own model classes with the full SD1.5 and SDXL UNet configurations, and FLUX.1 at
 full width (hidden 3072, 24 heads) with a reduced number of blocks (``--flux-blocks D S``: D double
@@ -15,6 +16,10 @@ pooled 768): they run once before training, not in the step. Prints seconds per 
 steps after the first) and memory: on a GPU torch's peak allocation and its rise during the steps,
 on the CPU the process's peak resident size while the steps run and its rise over the size before
 them (the activations, gradients and optimizer state of a step; weights are counted apart). Each configuration runs in a fresh process. Unchanged on a GPU.
+
+Every run is recorded in benchmarks/scale.json (one entry per configuration and device, the latest
+run replacing an earlier one); ``--readme`` writes the README's table from it, with FLUX.1's full
+size extrapolated from runs with (1, 1), (2, 1) and (1, 2) blocks, and the plan for 8, 12 and 24 GB.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import types
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+RECORD = REPO / "benchmarks" / "scale.json"
 
 SD15 = {"image_size": 32, "out_channels": 4, "use_spatial_transformer": True, "legacy": False, "adm_in_channels": None,
         "in_channels": 4, "model_channels": 320, "num_res_blocks": [2, 2, 2, 2], "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
@@ -189,6 +195,72 @@ def run_one(family: str, size: int, batch: int, bf16: bool, checkpointing: bool,
     }
 
 
+def configuration(result: dict) -> tuple:
+    return (result["model"], result["size"], result["batch"], result["dtype"], result["checkpointing"],
+            tuple(result["flux_blocks"] or ()), result["device"])
+
+
+def record(result: dict, path: Path = RECORD) -> None:
+    """Adds the run to the record, replacing an earlier run of the same configuration."""
+    sys.path.insert(0, str(REPO))
+    from fade_core.files import atomic_write
+
+    results = json.loads(path.read_text()) if path.exists() else []
+    results = [r for r in results if configuration(r) != configuration(result)] + [result]
+    results.sort(key=configuration)
+    atomic_write(path, lambda temporary: temporary.write_text(json.dumps(results, indent=1) + "\n"))
+
+
+NAMES = {"sd15": "SD1.5", "sdxl": "SDXL", "flux": "FLUX.1"}
+
+
+def flux_per_block(results: list[dict]) -> dict | None:
+    """FLUX.1 at 19 double and 38 single blocks from checkpointed runs with (1, 1), (2, 1) and (1, 2):
+    each quantity is taken as fixed + D x (one double block) + S x (one single block)."""
+    runs = {tuple(r["flux_blocks"]): r for r in results if r["model"] == "flux" and r["checkpointing"] and r["dtype"] == "fp32"}
+    if not {(1, 1), (2, 1), (1, 2)} <= set(runs) or len({runs[b]["size"] for b in runs}) != 1:
+        return None
+    full = {}
+    for key in ("parameters", "step_extra_gb", "seconds_per_step"):
+        double = runs[(2, 1)][key] - runs[(1, 1)][key]
+        single = runs[(1, 2)][key] - runs[(1, 1)][key]
+        full[key] = runs[(1, 1)][key] + (FLUX_FULL_BLOCKS[0] - 1) * double + (FLUX_FULL_BLOCKS[1] - 1) * single
+        full[key + "_per_double"], full[key + "_per_single"] = double, single
+    full["size"] = runs[(1, 1)]["size"]
+    return full
+
+
+def readme_section(results: list[dict]) -> str:
+    sys.path.insert(0, str(REPO))
+    from fade_core.report import markdown_table
+
+    rows = []
+    for r in results:
+        blocks = f" (blocks: {r['flux_blocks'][0]} double, {r['flux_blocks'][1]} single)" if r["flux_blocks"] else ""
+        seconds = f"{r['seconds_per_step']:.0f}" if r["seconds_per_step"] else f"{r['first_step_s']:.0f} (first step)"
+        rows.append([NAMES[r["model"]] + blocks, str(r["size"]), r["dtype"], "on" if r["checkpointing"] else "off",
+                     f"{r['parameters'] / 1e6:,.0f} M", f"{r['weights_gb']:.2f}", f"{r['step_extra_gb']:.2f}",
+                     f"{r['peak_gb']:.2f}", seconds, r["device"]])
+    header = ["model", "px", "dtype", "checkpointing", "parameters", "weights GiB", "added by the steps GiB",
+              "peak GiB", "s / step", "device"]
+    parts = [markdown_table(header, rows)]
+    flux = flux_per_block(results)
+    if flux:
+        parts += ["", (
+            f"FLUX.1 at full size (19 double, 38 single blocks), extrapolated from the checkpointed {flux['size']} px runs "
+            f"as fixed + 19 x (one double block) + 38 x (one single block), each measured as the difference between "
+            f"the (2, 1) or (1, 2) run and the (1, 1) run: one double block {flux['parameters_per_double'] / 1e6:,.0f} M "
+            f"parameters, {flux['step_extra_gb_per_double']:.2f} GiB added by the steps, "
+            f"{flux['seconds_per_step_per_double']:.0f} s per step; one single block {flux['parameters_per_single'] / 1e6:,.0f} M, "
+            f"{flux['step_extra_gb_per_single']:.2f} GiB, {flux['seconds_per_step_per_single']:.0f} s; "
+            f"the whole model {flux['parameters'] / 1e9:.1f} B parameters ({flux['parameters'] * 4 / 2**30:.1f} GiB in fp32, "
+            f"{flux['parameters'] * 2 / 2**30:.1f} in bf16, {flux['parameters'] / 2**30:.1f} in fp8), "
+            f"{flux['step_extra_gb']:.1f} GiB added by the steps in fp32 with checkpointing, "
+            f"{flux['seconds_per_step']:.0f} s per step on this device."
+        )]
+    return "\n".join(parts)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=["sd15", "sdxl", "flux"], default="sd15")
@@ -202,10 +274,20 @@ def main() -> None:
                         help="every dtype x checkpointing combination for each, one process each; prints a table")
     parser.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"], help="with --matrix")
     parser.add_argument("--json", type=Path, help="with --matrix: also write the results here")
+    parser.add_argument("--no-record", action="store_true", help=f"do not add the run to {RECORD.relative_to(REPO)}")
+    parser.add_argument("--readme", action="store_true", help=f"write the README's section from {RECORD.relative_to(REPO)}")
     args = parser.parse_args()
+    if args.readme:
+        sys.path.insert(0, str(REPO))
+        from fade_core.report import replace_section
+
+        replace_section("scale", readme_section(json.loads(RECORD.read_text())))
+        return
     if not args.matrix:
-        print(json.dumps(run_one(args.model, args.size, args.batch, args.bf16, args.checkpointing, args.steps,
-                                 tuple(args.flux_blocks))))
+        result = run_one(args.model, args.size, args.batch, args.bf16, args.checkpointing, args.steps, tuple(args.flux_blocks))
+        print(json.dumps(result))
+        if not args.no_record:
+            record(result)
         return
     results = []
     for item in args.matrix:

@@ -284,7 +284,7 @@ def markdown(results: dict, command: str, notes: str = "") -> str:
         "- **wall s** and **peak MB** (resident memory above the job's start, in its own process) cover the erasure itself.",
         f"- **Tuning budget**: every method has its chosen settings and one alternative, both measured on {TUNING_TASK} in this",
         "  run (the rows with `@`); the plain name is the chosen one. FADE's and ESD's alternatives change the number of",
-        "  steps, UCE's the preservation weight. `fade-robust` and the ablations run on " + TUNING_TASK + " only (CPU budget).",
+        "  steps, UCE's the preservation weight. `fade-robust` runs on " + TUNING_TASK + " only (CPU budget).",
         "",
     ]
     for task, rows in results["tasks"].items():
