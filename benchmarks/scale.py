@@ -230,6 +230,43 @@ def flux_per_block(results: list[dict]) -> dict | None:
     return full
 
 
+# The plan for other precisions and sizes, from the measured step memory (stated in the README):
+# bf16 halves weights and activations, fp8 weights are a quarter of fp32's; a step's memory grows
+# with the tokens (UNets: the latent area; FLUX: image tokens (px/16)^2 plus 256 text tokens).
+PLAN = [("sd15", 512), ("sd15", 1024), ("sdxl", 1024), ("flux", 512), ("flux", 1024)]
+GPU_GB = (8, 12, 24)
+
+
+def tokens(model: str, size: int) -> float:
+    return (size / 16) ** 2 + 256 if model == "flux" else (size / 8) ** 2
+
+
+def plan_rows(results: list[dict]) -> list[list[str]]:
+    flux = flux_per_block(results)
+    rows = []
+    for model, size in PLAN:
+        for checkpointing in (False, True):
+            if model == "flux":
+                if not (flux and checkpointing):
+                    continue
+                parameters, step_gb, measured_size, source = flux["parameters"], flux["step_extra_gb"], flux["size"], "per block"
+            else:
+                runs = [r for r in results if r["model"] == model and r["checkpointing"] == checkpointing and r["dtype"] == "fp32"]
+                if not runs:
+                    continue
+                run = min(runs, key=lambda r: abs(r["size"] - size))
+                parameters, step_gb, measured_size = run["parameters"], run["step_extra_gb"], run["size"]
+                source = "measured" if measured_size == size else f"from {measured_size} px"
+            step_gb *= tokens(model, size) / tokens(model, measured_size)
+            fp32 = parameters * 4 / 2**30 + step_gb
+            half = parameters * 2 / 2**30 + step_gb / 2
+            low = parameters / 2**30 + step_gb / 2 if model == "flux" else half  # fp8 weights, bf16 compute
+            fits = next((f"{gb} GB" for gb in GPU_GB if low <= 0.9 * gb), "more than 24 GB")
+            rows.append([NAMES[model], str(size), "on" if checkpointing else "off", source, f"{fp32:.1f}", f"{half:.1f}",
+                         f"{low:.1f}" if model == "flux" else "", fits])
+    return rows
+
+
 def readme_section(results: list[dict]) -> str:
     sys.path.insert(0, str(REPO))
     from fade_core.report import markdown_table
@@ -258,6 +295,11 @@ def readme_section(results: list[dict]) -> str:
             f"{flux['step_extra_gb']:.1f} GiB added by the steps in fp32 with checkpointing, "
             f"{flux['seconds_per_step']:.0f} s per step on this device."
         )]
+    plan = plan_rows(results)
+    if plan:
+        header = ["model", "px", "checkpointing", "step memory", "fp32 GiB", "bf16 GiB", "fp8 weights GiB", "fits in (90 % of the card)"]
+        parts += ["", "The plan (weights plus the memory a step adds, from the table above; see the rules below it):", "",
+                  markdown_table(header, plan)]
     return "\n".join(parts)
 
 
