@@ -215,18 +215,25 @@ NAMES = {"sd15": "SD1.5", "sdxl": "SDXL", "flux": "FLUX.1"}
 
 
 def flux_per_block(results: list[dict]) -> dict | None:
-    """FLUX.1 at 19 double and 38 single blocks from checkpointed runs with (1, 1), (2, 1) and (1, 2):
-    each quantity is taken as fixed + D x (one double block) + S x (one single block)."""
-    runs = {tuple(r["flux_blocks"]): r for r in results if r["model"] == "flux" and r["checkpointing"] and r["dtype"] == "fp32"}
-    if not {(1, 1), (2, 1), (1, 2)} <= set(runs) or len({runs[b]["size"] for b in runs}) != 1:
+    """FLUX.1 at 19 double and 38 single blocks from checkpointed fp32 runs with fewer blocks at one
+    size: each quantity is fitted by least squares as fixed + D x (one double block) + S x (one
+    single block) over the runs' (D, S), and evaluated at (19, 38). Needs three runs whose (D, S)
+    determine the three terms, as (1, 1), (2, 1), (1, 2) do; more runs average the noise out."""
+    import numpy as np
+
+    runs = [r for r in results if r["model"] == "flux" and r["checkpointing"] and r["dtype"] == "fp32"]
+    if not runs:
         return None
-    full = {}
+    size = max({r["size"] for r in runs}, key=lambda px: sum(r["size"] == px for r in runs))
+    runs = [r for r in runs if r["size"] == size]
+    design = np.array([[1.0, *r["flux_blocks"]] for r in runs])
+    if np.linalg.matrix_rank(design) < 3:
+        return None
+    full = {"size": size, "runs": len(runs)}
     for key in ("parameters", "step_extra_gb", "seconds_per_step"):
-        double = runs[(2, 1)][key] - runs[(1, 1)][key]
-        single = runs[(1, 2)][key] - runs[(1, 1)][key]
-        full[key] = runs[(1, 1)][key] + (FLUX_FULL_BLOCKS[0] - 1) * double + (FLUX_FULL_BLOCKS[1] - 1) * single
-        full[key + "_per_double"], full[key + "_per_single"] = double, single
-    full["size"] = runs[(1, 1)]["size"]
+        (fixed, double, single), *_ = np.linalg.lstsq(design, np.array([r[key] for r in runs]), rcond=None)
+        full[key] = float(fixed + FLUX_FULL_BLOCKS[0] * double + FLUX_FULL_BLOCKS[1] * single)
+        full[key + "_per_double"], full[key + "_per_single"] = float(double), float(single)
     return full
 
 
@@ -284,9 +291,9 @@ def readme_section(results: list[dict]) -> str:
     flux = flux_per_block(results)
     if flux:
         parts += ["", (
-            f"FLUX.1 at full size (19 double, 38 single blocks), extrapolated from the checkpointed {flux['size']} px runs "
-            f"as fixed + 19 x (one double block) + 38 x (one single block), each measured as the difference between "
-            f"the (2, 1) or (1, 2) run and the (1, 1) run: one double block {flux['parameters_per_double'] / 1e6:,.0f} M "
+            f"FLUX.1 at full size (19 double, 38 single blocks), extrapolated from the {flux['runs']} checkpointed fp32 "
+            f"{flux['size']} px runs above, each quantity fitted by least squares as fixed + D x (one double block) + "
+            f"S x (one single block) over their blocks (D, S): one double block {flux['parameters_per_double'] / 1e6:,.0f} M "
             f"parameters, {flux['step_extra_gb_per_double']:.2f} GiB added by the steps, "
             f"{flux['seconds_per_step_per_double']:.0f} s per step; one single block {flux['parameters_per_single'] / 1e6:,.0f} M, "
             f"{flux['step_extra_gb_per_single']:.2f} GiB, {flux['seconds_per_step_per_single']:.0f} s; "

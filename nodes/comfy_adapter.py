@@ -76,10 +76,11 @@ KOHYA_FAMILIES = (
 )
 
 # Memory one training step adds, as a multiple of what ComfyUI estimates for an inference forward
-# of the same batch (BaseModel.memory_required): 0.60 GiB (0.62 with checkpointing) against ComfyUI's
-# 0.15 GiB for SD1.5 at 128 px (benchmarks/scale.py, README "Memory and time at full size"). A rough
-# guide for ComfyUI's offloading; checkpointing's saving at large sizes is not measured yet.
-TRAINING_MEMORY_FACTOR = {False: 4.0, True: 4.0}  # by gradient checkpointing
+# of the same batch (BaseModel.memory_required), measured by benchmarks/scale.py (README "Memory and
+# time at full size", fp32 on the CPU): SD1.5 at 512 px 6.57 GiB against ComfyUI's 2.4 (2.7x), with
+# checkpointing 2.23 (0.9x); SDXL at 1024 px with checkpointing 11.8 against 7.7 (1.5x). Rounded
+# up: a guide for ComfyUI's offloading, not a bound.
+TRAINING_MEMORY_FACTOR = {False: 3.0, True: 1.6}  # by gradient checkpointing
 
 
 def model_family(patcher) -> str:
