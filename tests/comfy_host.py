@@ -74,12 +74,12 @@ def _initialise(module: torch.nn.Module, seed: int) -> None:
                 parameter.copy_(0.02 * torch.randn(parameter.shape, generator=generator))
 
 
-def _random_model(config_class, unet_config: dict, seed: int):
-    """ComfyUI's own model class for a supported family, float32, random weights, in a ModelPatcher."""
+def _random_model(config_class, unet_config: dict, seed: int, dtype: torch.dtype = torch.float32):
+    """ComfyUI's own model class for a supported family, random weights, in a ModelPatcher."""
     import comfy.model_patcher
 
     config = config_class(unet_config)
-    config.set_inference_dtype(torch.float32, None)
+    config.set_inference_dtype(dtype, None)
     model = config.get_model({})
     _initialise(model, seed=seed)
     return comfy.model_patcher.ModelPatcher(model, torch.device("cpu"), torch.device("cpu"))
@@ -89,15 +89,15 @@ def _as_loaded_by_comfyui(build):
     """ComfyUI loads models while executing a prompt, under torch.inference_mode(): so do we."""
 
     @functools.wraps(build)
-    def wrapper():
+    def wrapper(*args, **kwargs):
         with torch.inference_mode():
-            return build()
+            return build(*args, **kwargs)
 
     return wrapper
 
 
 @_as_loaded_by_comfyui
-def tiny_sd15():
+def tiny_sd15(dtype: torch.dtype = torch.float32):
     import comfy.supported_models
 
     unet_config = {
@@ -107,7 +107,7 @@ def tiny_sd15():
         "image_size": 32, "adm_in_channels": None, "use_linear_in_transformer": False,
         "use_temporal_attention": False, "use_temporal_resblock": False,
     }
-    return _random_model(comfy.supported_models.SD15, unet_config, seed=1)
+    return _random_model(comfy.supported_models.SD15, unet_config, seed=1, dtype=dtype)
 
 
 @_as_loaded_by_comfyui
@@ -127,7 +127,7 @@ def tiny_sdxl():
 
 
 @_as_loaded_by_comfyui
-def tiny_flux():
+def tiny_flux(dtype: torch.dtype = torch.float32):
     import comfy.supported_models
 
     unet_config = {
@@ -135,7 +135,7 @@ def tiny_flux():
         "num_heads": 4, "axes_dim": [4, 6, 6], "depth": 1, "depth_single_blocks": 1, "vec_in_dim": 64,
         "context_in_dim": 64, "guidance_embed": True, "mlp_ratio": 4.0, "qkv_bias": True, "theta": 10000,
     }
-    return _random_model(comfy.supported_models.Flux, unet_config, seed=2)
+    return _random_model(comfy.supported_models.Flux, unet_config, seed=2, dtype=dtype)
 
 
 @_as_loaded_by_comfyui

@@ -251,6 +251,27 @@ def test_gradient_checkpointing_gives_the_same_gradients(host, clip, family):
 
 
 @pytest.mark.parametrize("family", ["sd15", "flux"])
+def test_a_bfloat16_model_trains_a_float32_lora(host, clip, family):
+    """The model stays in its own dtype; the LoRA is float32 and gets finite gradients through it."""
+    from comfyui_fade.fade_core.lora import attach_lora
+
+    model = BUILDERS[family](torch.bfloat16)
+    adapter, cond = conditioning(clip, model)
+    x = torch.randn((2, *adapter.sample_shape), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode(False), torch.enable_grad(), adapter:
+        parameters = attach_lora(adapter, list(adapter.lora_candidates("cross_attention")), rank=2, alpha=2.0, seed=0)
+        with torch.no_grad():
+            for p in parameters:
+                p.normal_(0, 0.1)
+        predicted = adapter.predict_x0(x, adapter.noise_levels(4)[1].expand(2), cond, 3.0)
+        predicted.float().pow(2).mean().backward()
+        assert {p.dtype for p in parameters} == {torch.float32}
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0 for p in parameters)
+        assert torch.isfinite(predicted).all()
+    assert {p.dtype for p in model.model.diffusion_model.parameters()} == {torch.bfloat16}
+
+
+@pytest.mark.parametrize("family", ["sd15", "flux"])
 def test_gradient_checkpointing_keeps_fewer_activations_for_backward(host, clip, family, monkeypatch):
     """Counts the bytes of activations an x0 prediction keeps for backward (parameters aside):
     with checkpointing only the blocks' inputs stay; the rest is recomputed in backward."""
