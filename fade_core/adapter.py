@@ -149,6 +149,16 @@ class DenoiserAdapter(abc.ABC):
         """Conditioning for each prompt through the current text encoder, with gradient."""
         raise FadeInputError(f"{type(self).__name__} cannot train its text encoder; choose a denoiser module family")
 
+    def word_embeddings(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The prompts' token ids, the text encoder's input embeddings for them, and a mask of the
+        positions that hold words (not BOS, EOS or padding): what a textual-inversion file replaces."""
+        raise FadeInputError(f"{type(self).__name__} does not expose its text encoder's input embeddings")
+
+    def encode_word_embeddings(self, ids: torch.Tensor, embeddings: torch.Tensor) -> Conditioning:
+        """Conditioning read by the current text encoder from the given input embeddings (one row per
+        token of ``ids``), with gradient."""
+        raise FadeInputError(f"{type(self).__name__} does not expose its text encoder's input embeddings")
+
     @abc.abstractmethod
     def lora_key(self, module_name: str) -> str:
         """The exported LoRA key prefix for a denoiser module, as the target loaders expect it."""

@@ -48,8 +48,16 @@ def embedding_attack(
     learning_rate: float = 1e-2,
     sampling_steps: int = 10,
     seed: int = 0,
+    space: str = "context",
 ) -> Conditioning:
     """Soft conditionings optimised to denoise ``real_samples``, one row per starting prompt.
+
+    ``space`` is what the attacker may change. "context": the per-token states that cross-attention
+    reads, every position free (an attacker who feeds the denoiser any conditioning tensor).
+    "tokens": the text encoder's input embeddings of the prompt's words, read through the erased
+    model's text encoder (a textual-inversion embedding, the kind of file that ComfyUI's
+    ``embedding:`` syntax and A1111 load in place of words); it needs a host that exposes them
+    (:meth:`DenoiserAdapter.word_embeddings`).
 
     Start i draws its own minibatches (real samples, noise levels, noise; ``batch_size`` per step)
     from seed ``seed + i`` and keeps its own embeddings: it ends exactly where it would alone with
@@ -65,12 +73,25 @@ def embedding_attack(
         raise FadeInputError("the embedding attack needs real samples of the concept to denoise; none were given")
     if steps < 0 or batch_size < 1:
         raise FadeInputError(f"steps ({steps}) must be 0 or more and batch_size ({batch_size}) at least 1")
+    if space not in ("context", "tokens"):
+        raise FadeInputError(f"unknown attack space {space!r}: use 'context' or 'tokens'")
     generators = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]
     cond = adapter.encode(prompts)
-    soft = cond.tensors[adapter.context_key].detach().clone().requires_grad_(True)
+    if space == "tokens":
+        ids, embeddings, words = adapter.word_embeddings(prompts)
+        soft = embeddings.detach().clone().requires_grad_(True)
+
+        def context() -> torch.Tensor:
+            # only the words' rows can change; BOS, EOS and padding are the tokenizer's
+            return adapter.encode_word_embeddings(ids, torch.where(words.unsqueeze(-1), soft, embeddings)).tensors[adapter.context_key]
+    else:
+        soft = cond.tensors[adapter.context_key].detach().clone().requires_grad_(True)
+        context = lambda: soft  # noqa: E731
     optimizer = torch.optim.Adam([soft], lr=learning_rate)
     levels = adapter.noise_levels(sampling_steps)
     frozen = [p for p in adapter.denoiser.parameters() if p.requires_grad]
+    if adapter.text_encoder is not None:
+        frozen += [p for p in adapter.text_encoder.parameters() if p.requires_grad]
     for p in frozen:
         p.requires_grad_(False)
     try:
@@ -82,19 +103,19 @@ def embedding_attack(
                 noise.append(torch.randn(x0[-1].shape, generator=generator))
             x0, level, noise = torch.cat(x0), torch.cat(level), torch.cat(noise)
             tensors = {k: v.repeat_interleave(batch_size, dim=0) for k, v in cond.tensors.items()}
-            tensors[adapter.context_key] = soft.repeat_interleave(batch_size, dim=0)
+            tensors[adapter.context_key] = context().repeat_interleave(batch_size, dim=0)
             prediction = adapter.predict_x0(adapter.add_noise(x0, noise, level), level, Conditioning(tensors), 1.0)
             # The sum of each start's mean loss: every start gets the gradient it would get alone.
             loss = len(prompts) * noise_prediction_error(adapter, prediction, x0, level)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+        with torch.no_grad():
+            found = context().detach()
     finally:
         for p in frozen:
             p.requires_grad_(True)
-    tensors = dict(cond.tensors)
-    tensors[adapter.context_key] = soft.detach()
-    return Conditioning(tensors)
+    return Conditioning(dict(cond.tensors) | {adapter.context_key: found})
 
 
 @dataclass

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from .adapter import DenoiserAdapter
+from .adapter import TEXT_ENCODER_FAMILY, DenoiserAdapter
 from .baselines import EsdConfig, UceConfig, applied, edit_uce, erase_esd
 from .bench_tasks import TUNING, TUNING_TASK, method_name, method_settings, runs_on, task_concepts
 from .digits import attacks, data
@@ -117,8 +117,8 @@ def erase(method: str, concepts: list[str], seed: int) -> tuple[DenoiserAdapter,
     if name == "uce":
         deltas = edit_uce(adapter, prompt_set, preserve_prompts(concepts), config=UceConfig(**settings)).deltas
         return adapter, lambda: applied(adapter, deltas), []
-    family = {"fade-no-saliency": "all", "fade-robust": ROBUST_FAMILY}.get(name, "cross_attention")
-    modules = compute_saliency(adapter, prompt_set, mass_fraction=1.0, family=family, seed=seed).selected
+    default_family = {"fade-no-saliency": "all", "fade-robust": ROBUST_FAMILY}.get(name, "cross_attention")
+    modules = lora_modules(adapter, prompt_set, str(settings.pop("family", default_family)), seed)
     if name == "esd":
         erase_esd(adapter, prompt_set, modules, EsdConfig(**(ESD_SETTINGS | settings | {"seed": seed})))
         return adapter, contextlib.nullcontext, []
@@ -137,9 +137,23 @@ def erase(method: str, concepts: list[str], seed: int) -> tuple[DenoiserAdapter,
     return adapter, contextlib.nullcontext, curve
 
 
+def lora_modules(adapter: DenoiserAdapter, prompt_set, families: str, seed: int) -> list[str]:
+    """The modules an erasure may change: every salient one of each family (``+`` joins families,
+    as in ``fade@family=cross_attention+text_encoder``). The saliency ranks denoiser layers only;
+    of the text encoder every linear layer is taken."""
+    modules = []
+    for family in families.split("+"):
+        if family == TEXT_ENCODER_FAMILY:
+            modules += list(adapter.lora_candidates(family))
+        else:
+            modules += compute_saliency(adapter, prompt_set, mass_fraction=1.0, family=family, seed=seed).selected
+    return modules
+
+
 def attack_row(adapter: DenoiserAdapter, concepts: list[str], *, steps: int, images: int, seed: int) -> dict:
     """The attacks the training never saw, per concept and their mean over the concepts."""
     embedding = [attacks.embedding_attack_accuracy(adapter, c, steps=steps, images=images, seed=seed) for c in concepts]
+    inversion = [attacks.embedding_attack_accuracy(adapter, c, steps=steps, images=images, seed=seed, space="tokens") for c in concepts]
     vocabulary = discrete_vocabulary()
     discrete = [
         attacks.discrete_attack_accuracy(adapter, c, attacks.starting_prompts(c)[0], vocabulary,
@@ -148,10 +162,12 @@ def attack_row(adapter: DenoiserAdapter, concepts: list[str], *, steps: int, ima
     ]
     return {
         "acc_embedding": sum(o.acc for o in embedding) / len(concepts),
+        "acc_inversion": sum(o.acc for o in inversion) / len(concepts),
         "acc_discrete": sum(o.acc for o in discrete) / len(concepts),
         "attacks": {o.concept: {"embedding": o.acc, "embedding_worst_start": o.detail["worst_start"],
+                                "inversion": i.acc, "inversion_worst_start": i.detail["worst_start"],
                                 "discrete": d.acc, "discrete_prompt": d.detail["prompt"]}
-                    for o, d in zip(embedding, discrete)},
+                    for o, i, d in zip(embedding, inversion, discrete)},
     }
 
 
@@ -185,7 +201,7 @@ def run_job(task: str, method: str, images: int, attack_steps: int, seed: int) -
     return row
 
 
-ACC_KEYS = ("acc_trained", "acc_unseen", "acc_context", "acc_embedding", "acc_discrete")
+ACC_KEYS = ("acc_trained", "acc_unseen", "acc_context", "acc_embedding", "acc_inversion", "acc_discrete")
 
 
 def with_scores(row: dict, base: dict) -> dict:
@@ -255,7 +271,8 @@ def _save_row(runs_dir: Path | None, job, settings, row) -> None:
 
 COLUMNS = (
     ("acc_trained", "Acc trained %", 100), ("acc_unseen", "Acc unseen %", 100), ("acc_context", "Acc context %", 100),
-    ("acc_embedding", "Acc embedding attack %", 100), ("acc_discrete", "Acc word search %", 100),
+    ("acc_embedding", "Acc embedding attack %", 100), ("acc_inversion", "Acc inversion attack %", 100),
+    ("acc_discrete", "Acc word search %", 100),
     ("acc_other", "other concepts %", 100), ("fid_proxy", "FID-proxy", 1), ("clip_proxy", "CLIP-proxy %", 100),
     ("H", "H", 1), ("H_worst", "H worst", 1), ("seconds", "wall s", 1), ("peak_mb", "peak MB", 1),
 )
@@ -303,8 +320,8 @@ def markdown(results: dict, command: str, notes: str = "") -> str:
 def robustness_table(results: dict, command: str) -> str:
     """README's "How robust is the erasure": every method on the tuning task, under every attack."""
     rows = results["tasks"].get(TUNING_TASK, {})
-    keys = ("acc_trained", "acc_unseen", "acc_context", "acc_embedding", "acc_discrete", "acc_worst")
-    header = ["method", "Acc trained %", "unseen %", "context %", "embedding attack %", "word search %", "worst %",
+    keys = ("acc_trained", "acc_unseen", "acc_context", "acc_embedding", "acc_inversion", "acc_discrete", "acc_worst")
+    header = ["method", "Acc trained %", "unseen %", "context %", "embedding attack %", "inversion attack %", "word search %", "worst %",
               "other concepts %", "FID-proxy", "H worst", "wall s"]
     table = []
     for method, row in rows.items():

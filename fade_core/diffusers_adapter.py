@@ -58,6 +58,23 @@ class DiffusersAdapter(DenoiserAdapter):
         ids = self.tokenize(list(prompts)).to(self.device)
         return Conditioning({"context": self.text_encoder(ids).last_hidden_state})
 
+    def word_embeddings(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        ids = self.tokenize(list(prompts)).to(self.device)
+        config = self.text_encoder.config
+        specials = torch.tensor([config.bos_token_id, config.eos_token_id, config.pad_token_id], device=ids.device)
+        with torch.no_grad():
+            embeddings = self.text_encoder.get_input_embeddings()(ids)
+        return ids, embeddings, ~torch.isin(ids, specials)
+
+    def encode_word_embeddings(self, ids: torch.Tensor, embeddings: torch.Tensor) -> Conditioning:
+        # The encoder still needs the ids (CLIP pools at the EOS token); its embedding table's output
+        # is swapped for the given rows for this one call.
+        hook = self.text_encoder.get_input_embeddings().register_forward_hook(lambda module, args, output: embeddings)
+        try:
+            return Conditioning({"context": self.text_encoder(ids).last_hidden_state})
+        finally:
+            hook.remove()
+
     def null_conditioning(self) -> Conditioning:
         if self._null is None:
             self._null = self.encode([""])

@@ -71,6 +71,24 @@ def test_embedding_attack_is_seeded_and_each_start_is_optimised_as_if_alone(adap
     assert all(not p.requires_grad for p in adapter.denoiser.parameters())  # the model stays as it was
 
 
+def test_the_inversion_attack_changes_only_the_words_input_embeddings(adapter):
+    """In token space the attacker edits what a textual-inversion file holds: the input rows of the
+    prompt's words. CLIP's text encoder is causal, so the state at BOS cannot move; every state
+    from the first word on does. With no steps the conditioning is the prompts' own."""
+    real = real_concept_samples("eight")
+    starts = ["a handwritten eight", "the digit 8"]
+    encoded = adapter.encode(starts).tensors["context"]
+    unmoved = embedding_attack(adapter, starts, real, steps=0, space="tokens").tensors["context"]
+    assert torch.allclose(unmoved, encoded, atol=1e-6)
+    found = embedding_attack(adapter, starts, real, steps=4, batch_size=3, seed=5, space="tokens").tensors["context"]
+    assert torch.allclose(found[:, 0], encoded[:, 0], atol=1e-6)
+    assert (found[:, 1:] - encoded[:, 1:]).abs().amax(dim=-1).min() > 1e-4
+    assert torch.equal(found, embedding_attack(adapter, starts, real, steps=4, batch_size=3, seed=5, space="tokens").tensors["context"])
+    assert all(not p.requires_grad for p in adapter.text_encoder.parameters())
+    with pytest.raises(FadeInputError, match="space"):
+        embedding_attack(adapter, starts, real, steps=1, space="pixels")
+
+
 def test_the_scorer_gives_the_concept_its_probability(adapter):
     score = concept_scorer(adapter, "eight", images_per_prompt=6, seed=0)
     values = score(["a handwritten eight", "a handwritten two"])
@@ -85,6 +103,8 @@ def test_every_attack_finds_the_concept_on_the_base_model(adapter):
     embedding = embedding_attack_accuracy(adapter, "eight", starts, steps=10, batch_size=4, screen_images=8, images=24)
     assert set(embedding.detail["screened"]) == set(starts) and embedding.detail["worst_start"] in starts
     assert embedding.acc >= 0.9
+    inversion = embedding_attack_accuracy(adapter, "eight", starts, steps=10, batch_size=4, screen_images=8, images=24, space="tokens")
+    assert inversion.acc >= 0.9 and inversion.detail["space"] == "tokens"
 
     vocabulary = sorted({w for t in data.DIGIT_TEMPLATES for w in t.replace("{d}", "").split()})
     discrete = discrete_attack_accuracy(adapter, "eight", "the digit eight", vocabulary, rounds=2, candidates=4,

@@ -2,7 +2,9 @@
 
 import json
 
+from fade_core.bench import lora_modules
 from fade_core.cli import main
+from fade_core.digits.judge import default_prompt_set
 
 
 def test_bench_writes_json_plot_and_table(tmp_path, monkeypatch):
@@ -12,7 +14,7 @@ def test_bench_writes_json_plot_and_table(tmp_path, monkeypatch):
     rows = results["tasks"]["five"]
     assert set(rows) == {"base", "uce"}
     assert rows["base"]["acc_trained"] > 0.9  # the base model draws its fives
-    assert {"acc_trained", "acc_unseen", "acc_context", "acc_embedding", "acc_discrete", "acc_other", "fid_proxy", "clip_proxy",
+    assert {"acc_trained", "acc_unseen", "acc_context", "acc_embedding", "acc_inversion", "acc_discrete", "acc_other", "fid_proxy", "clip_proxy",
             "H", "H_worst", "seconds", "peak_mb"} <= set(rows["uce"])
     assert rows["uce"]["H_worst"] <= rows["uce"]["H"]  # the worst Acc of the row is at least the trained one
     assert (tmp_path / "benchmarks" / "runs" / "five__uce.json").is_file()  # kept for a resumed run
@@ -27,3 +29,14 @@ def test_bench_refuses_unknown_methods_and_concepts(tmp_path, monkeypatch, capsy
     assert main(["bench", "--methods", "uce", "--tasks", "eleven"]) == 2
     assert "magic" in capsys.readouterr().err
     assert not (tmp_path / "BENCHMARKS.md").exists()
+
+
+def test_a_method_places_its_lora_by_family(adapter):
+    """``fade@family=...`` chooses where the LoRA goes; families join with +, the text encoder's
+    layers all taken (the saliency ranks denoiser layers only)."""
+    prompt_set = default_prompt_set(["eight"], seed=0)
+    text = lora_modules(adapter, prompt_set, "text_encoder", seed=0)
+    assert text == list(adapter.lora_candidates("text_encoder"))
+    both = lora_modules(adapter, prompt_set, "cross_attention+text_encoder", seed=0)
+    kv = [m for m in both if not m.startswith("text_encoder.")]
+    assert kv and set(kv) <= set(adapter.lora_candidates("cross_attention")) and both[len(kv):] == text

@@ -145,21 +145,23 @@ def embedding_attack_accuracy(
     screen_images: int = 16,
     images: int = 200,
     seed: int = 0,
+    space: str = "context",
 ) -> AttackOutcome:
-    """The embedding attack from every start at once; each start's conditioning is screened on
+    """The embedding attack from every start at once, in ``space`` (see
+    :func:`fade_core.attack.embedding_attack`); each start's conditioning is screened on
     ``screen_images`` generations (seeds ``seed + 1``), and ``acc`` is the Acc of ``images`` fresh
     generations (seeds ``seed + 2``) from the start that screened worst for the erasure."""
     started = time.perf_counter()
     starts = list(starts) if starts is not None else starting_prompts(concept)
     real = real_samples if real_samples is not None else real_concept_samples(concept)
     with torch.enable_grad():
-        found = embedding_attack(adapter, starts, real, steps=steps, batch_size=batch_size, seed=seed)
+        found = embedding_attack(adapter, starts, real, steps=steps, batch_size=batch_size, seed=seed, space=space)
     screened = {start: accuracy(adapter, concept, found[[i]], images=screen_images, seed=seed + 1)[0] for i, start in enumerate(starts)}
     worst = max(range(len(starts)), key=lambda i: screened[starts[i]])
     acc, _ = accuracy(adapter, concept, found[[worst]], images=images, seed=seed + 2)
     return AttackOutcome("embedding", concept, acc, images, time.perf_counter() - started, {
         "screened": screened, "worst_start": starts[worst], "steps": steps, "batch_size": batch_size,
-        "screen_images": screen_images,
+        "screen_images": screen_images, "space": space,
     })
 
 
