@@ -10,7 +10,10 @@ eraser never saw.
   are optimised to minimise the denoising loss on real concept samples (x0 error with the
   (alpha/sigma)^2 weight, i.e. the usual noise-prediction loss), at noise levels drawn from the
   sampling schedule. Several starting prompts are optimised side by side, so that the caller can
-  keep the worst case.
+  keep the worst case. In token space (``space="tokens"``) the same search moves only the input
+  embeddings of the prompt's words and reads them through the erased model's own text encoder:
+  a textual-inversion embedding, which is what a ComfyUI or A1111 user can load and share, and
+  the only kind of attack that an edit of the text encoder can stand against.
 - :func:`greedy_prompt_search`, a discrete attack: words inserted into, or replacing words of, a
   prompt, kept whenever they raise a score the caller computes (for example the evaluator's
   probability of the concept on generations from the prompt).

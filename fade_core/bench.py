@@ -4,10 +4,12 @@
 
 Every method erases the same concepts of the same base model, from the same prompt sets and seeds,
 and is judged by the same held-out evaluator: Acc on the prompts the eraser trained on, on prompts
-it never saw (held-out templates and synonym), on prompts in held-out contexts, and under two
+it never saw (held-out templates and synonym), on prompts in held-out contexts, and under three
 attacks the training never saw (:mod:`fade_core.digits.attacks`: a soft prompt optimised on real
-images, and a greedy word search); the other concepts' accuracy, FID-proxy, CLIP-proxy, H and
-H worst (Appendix B), wall time and peak memory.
+images, the same in token space through the erased text encoder, and a greedy word search); the
+other concepts' accuracy, FID-proxy, CLIP-proxy, H and H worst (Appendix B), wall time and peak
+memory. A FADE method's ``family`` setting places its LoRA: ``fade@family=attention``,
+``fade@family=text_encoder``, ``fade@family=cross_attention+text_encoder``.
 
 Each (task, method) is one job in a fresh process, so that its peak memory is its own; ``workers``
 jobs run at once, one thread each. A finished job's row is kept in ``benchmarks/runs/`` and reused
@@ -292,8 +294,11 @@ def markdown(results: dict, command: str, notes: str = "") -> str:
         "",
         "- **Acc trained**: the eraser's own concept prompts. **Acc unseen**: held-out templates and the held-out synonym.",
         "  **Acc context**: concept prompts in contexts the eraser never saw (the held-out 40 % of the context phrases).",
-        f"- **Acc embedding attack**: a soft prompt optimised for {settings['attack_steps']} steps on real images of the concept, from",
-        "  three starting prompts; the worst start for the erasure is reported, on fresh seeds. **Acc word search**: a greedy",
+        f"- **Acc embedding attack**: a soft prompt (the text states that cross-attention reads, all 24 positions free) optimised",
+        f"  for {settings['attack_steps']} steps on real images of the concept, from three starting prompts; the worst start for the",
+        "  erasure is reported, on fresh seeds. **Acc inversion attack**: the same search in token space, moving only the input",
+        "  embeddings of the starting prompt's words, read through the erased model's text encoder (a textual-inversion",
+        "  embedding, what ComfyUI's `embedding:` syntax loads); blank where a row was measured before it existed. **Acc word search**: a greedy",
         "  search over words the base model knows (held-out contexts, templates) that maximises the evaluator's probability",
         "  of the concept, reported on seeds the search never used. Neither attack is used in any training.",
         "- **H**: Appendix B with Acc trained, against the base model's FID- and CLIP-proxy. **H worst**: the same with the",

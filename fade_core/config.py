@@ -62,6 +62,9 @@ class FadeConfig:
     robust_share: float = 0.5  # share of concept trajectories started from the bank
     robust_refresh: float = 0.25  # share of the bank started afresh every round
     robust_attack_lr: float = 1e-2
+    # where the inner attack searches: "context", the text states cross-attention reads, or
+    # "tokens", the input embeddings of the prompt's words through the current text encoder
+    robust_space: str = "context"
     robust_targets: int = 64  # the base model's samples of each concept: the attack's targets
     robust_anchor_weight: float = 1.0  # weight of the bank's anchor loss (robust.py); 0: L_rem only (1: the benchmark's fade-robust)
 
@@ -105,6 +108,8 @@ class FadeConfig:
             value = getattr(self, name)
             if not (_is_number(value) and 0.0 <= value <= 1.0):
                 raise FadeInputError(f"{setting_name(name)} is {value}; use a share between 0 and 1")
+        if self.robust_space not in ("context", "tokens"):
+            raise FadeInputError(f"{setting_name('robust_space')} is {self.robust_space!r}; use 'context' or 'tokens'")
         if not (_is_number(self.robust_attack_lr) and math.isfinite(self.robust_attack_lr) and self.robust_attack_lr > 0):
             raise FadeInputError(f"{setting_name('robust_attack_lr')} is {self.robust_attack_lr}; use a finite positive number")
         if not (_is_number(self.robust_anchor_weight) and math.isfinite(self.robust_anchor_weight) and self.robust_anchor_weight >= 0):

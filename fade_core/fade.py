@@ -303,6 +303,11 @@ class FadeTrainer:
         chosen = [self.train_pairs[i] for i in pairs.tolist()]
         fresh = self.adapter.encode_trainable([p.concept_prompt for p in chosen])
         keep = self.pool.from_bank.to(self.device)
+        if keep.any() and self.adversarial.space == "tokens":  # bank entries are words, read anew too
+            read = self.adversarial.conditioning(self.pool.bank_entries[self.pool.from_bank])
+            concept_cond = Conditioning({key: value.clone() for key, value in concept_cond.tensors.items()})
+            for key, value in read.tensors.items():
+                concept_cond.tensors[key][keep] = value
         concept = Conditioning({
             key: torch.where(keep.reshape(-1, *[1] * (value.dim() - 1)), concept_cond.tensors[key], value)
             for key, value in fresh.tensors.items()
@@ -327,10 +332,12 @@ class FadeTrainer:
         null = self.adapter.encode([""])
         heads = list(range(len(targets)))
         starts = Conditioning.cat([self._concept_cond, *[null] * len(heads)])
+        start_prompts = [p.concept_prompt for p in self.train_pairs] + [""] * len(heads)
         start_heads = torch.cat([self._heads, torch.tensor(heads, device=self.device)])
         bank = AdversarialConditionings(
-            self.adapter, starts, start_heads, targets, size=cfg.robust_bank_size,
+            self.adapter, starts, start_prompts, start_heads, targets, size=cfg.robust_bank_size,
             learning_rate=cfg.robust_attack_lr, refresh=0.0, sampling_steps=cfg.sampling_steps, generator=generator,
+            space=cfg.robust_space,
         )
         bank.attack(cfg.robust_warmup_steps)
         bank.refresh = cfg.robust_refresh
@@ -429,7 +436,7 @@ class PairTrajectories:
         cfg = trainer.config
         self.num_steps = cfg.sampling_steps
         self.pairs_of_head = [torch.nonzero(trainer._heads == h).flatten().cpu() for h in range(len(trainer.prompt_set.concepts))]
-        self.pairs, self.concept_cond, self.heads, self.from_bank = self._draw_slots(size)
+        self.pairs, self.concept_cond, self.heads, self.bank_entries = self._draw_slots(size)
         self.steps = torch.arange(size) * self.num_steps // size
         noise = initial_noise(trainer.adapter, size, trainer.generator)
         cond = Conditioning.cat([self.concept_cond, trainer._neutral_cond[self.pairs.to(trainer.device)]])
@@ -444,13 +451,15 @@ class PairTrajectories:
         trainer, rng = self.trainer, self.trainer.random
         pairs = torch.tensor([rng.randrange(len(trainer.train_pairs)) for _ in range(count)], dtype=torch.long)
         cond, heads = trainer._concept_cond[pairs], trainer._heads[pairs]
-        from_bank = torch.zeros(count, dtype=torch.bool)
+        bank_entries = torch.full((count,), -1, dtype=torch.long)
         bank = trainer.adversarial
         if bank is not None:
             chosen = [i for i in range(count) if rng.random() < trainer.config.robust_share]
-            from_bank[chosen] = True
             if chosen:
-                soft, soft_heads = bank.draw(len(chosen))
+                entries, soft_heads = bank.draw(len(chosen))
+                bank_entries[chosen] = entries
+                with torch.no_grad():
+                    soft = bank.conditioning(entries)
                 tensors = {key: value.clone() for key, value in cond.tensors.items()}
                 for key, value in soft.tensors.items():
                     tensors[key][chosen] = value
@@ -459,7 +468,12 @@ class PairTrajectories:
                 for i, head in zip(chosen, soft_heads.tolist()):
                     mine = self.pairs_of_head[head]
                     pairs[i] = mine[rng.randrange(len(mine))]
-        return pairs, cond, heads, from_bank
+        return pairs, cond, heads, bank_entries
+
+    @property
+    def from_bank(self) -> torch.Tensor:
+        """Which slots take their concept side from the robust bank."""
+        return self.bank_entries >= 0
 
     def current(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.pairs, self.steps, self.concept, self.neutral
@@ -482,8 +496,8 @@ class PairTrajectories:
             start = adapter.add_noise(torch.zeros_like(noise), noise, levels[0].expand(count))
             on_device = finished.to(start.device)
             self.concept[on_device], self.neutral[on_device] = start, start
-            pairs, cond, heads, from_bank = self._draw_slots(count)
-            self.pairs[finished], self.heads[on_device], self.from_bank[finished] = pairs, heads, from_bank
+            pairs, cond, heads, bank_entries = self._draw_slots(count)
+            self.pairs[finished], self.heads[on_device], self.bank_entries[finished] = pairs, heads, bank_entries
             tensors = {key: value.clone() for key, value in self.concept_cond.tensors.items()}
             for key, value in cond.tensors.items():
                 tensors[key][on_device] = value

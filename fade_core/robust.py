@@ -25,12 +25,20 @@ from .sampling import noise_prediction_error
 class AdversarialConditionings:
     """The inner attack's bank: soft conditionings, each for one concept head, kept across rounds
     (each round continues the last one, so the attack grows stronger as cheaply as it can), with
-    a share of the entries started afresh every round to keep the bank varied."""
+    a share of the entries started afresh every round to keep the bank varied.
+
+    ``space`` is where the attack searches, as for :func:`fade_core.attack.embedding_attack`:
+    "context", the text states that cross-attention reads (an entry is that tensor), or "tokens",
+    the input embeddings of the start prompt's words (an entry is those rows, read through the
+    current text encoder each time it is used: the AdvUnlearn setting, where an edit of the text
+    encoder can stand against the attack).
+    """
 
     def __init__(
         self,
         adapter: DenoiserAdapter,
         starts: Conditioning,
+        start_prompts: list[str],
         start_heads: torch.Tensor,
         targets: list[torch.Tensor],
         *,
@@ -39,21 +47,38 @@ class AdversarialConditionings:
         refresh: float,
         sampling_steps: int,
         generator: torch.Generator,
+        space: str = "context",
     ) -> None:
         self.adapter = adapter
+        self.space = space
         self.starts, self.start_heads = starts, start_heads
+        if space == "tokens":
+            self.ids, self.start_values, self.words = adapter.word_embeddings(start_prompts)
+        else:
+            self.start_values = starts.tensors[adapter.context_key]
         self.targets = targets  # per head: the base model's samples of that concept
         self.size = size
         self.learning_rate = learning_rate
         self.refresh = refresh
         self.levels = adapter.noise_levels(sampling_steps)
         self.generator = generator
-        picks = self._draw_starts(size)
-        self.conditioning = starts[picks]
-        self.heads = start_heads[picks]
+        self.origins = self._draw_starts(size)  # the start each entry grew from
+        self.values = self.start_values[self.origins]
+        self.heads = start_heads[self.origins]
 
     def _draw_starts(self, count: int) -> torch.Tensor:
         return torch.randint(0, len(self.start_heads), (count,), generator=self.generator)
+
+    def conditioning(self, entries: torch.Tensor, values: torch.Tensor | None = None) -> Conditioning:
+        """What the current model reads from bank entries (``values``: their soft tensors, when
+        not the bank's own). In token space the text encoder runs, with gradient when it has a
+        LoRA; wrap the call in ``torch.no_grad()`` where none is wanted."""
+        values = self.values[entries] if values is None else values
+        origins = self.origins[entries]
+        if self.space == "tokens":
+            words = self.words[origins].unsqueeze(-1)
+            return self.adapter.encode_word_embeddings(self.ids[origins], torch.where(words, values, self.start_values[origins]))
+        return Conditioning(self.starts[origins].tensors | {self.adapter.context_key: values})
 
     def attack(self, steps: int) -> float:
         """``steps`` Adam steps on every entry against the current model; returns the last loss."""
@@ -61,15 +86,11 @@ class AdversarialConditionings:
         if fresh:
             slots = torch.randperm(self.size, generator=self.generator)[:fresh]
             picks = self._draw_starts(fresh)
-            tensors = {key: value.clone() for key, value in self.conditioning.tensors.items()}
-            for key, value in self.starts[picks].tensors.items():
-                tensors[key][slots] = value
-            self.conditioning = Conditioning(tensors)
-            self.heads = self.heads.clone()
-            self.heads[slots] = self.start_heads[picks]
-        key = self.adapter.context_key
-        soft = self.conditioning.tensors[key].detach().clone().requires_grad_(True)
+            self.origins, self.values, self.heads = self.origins.clone(), self.values.clone(), self.heads.clone()
+            self.origins[slots], self.values[slots], self.heads[slots] = picks, self.start_values[picks], self.start_heads[picks]
+        soft = self.values.detach().clone().requires_grad_(True)
         optimizer = torch.optim.Adam([soft], lr=self.learning_rate)
+        everyone = torch.arange(self.size)
         loss = torch.zeros(())
         for _ in range(steps):
             x0 = torch.stack([
@@ -78,26 +99,26 @@ class AdversarialConditionings:
             ])
             level = self.levels[torch.randint(0, len(self.levels), (self.size,), generator=self.generator)]
             x_t = self.adapter.add_noise(x0, torch.randn(x0.shape, generator=self.generator).to(x0.device), level)
-            cond = Conditioning(self.conditioning.tensors | {key: soft})
+            cond = self.conditioning(everyone, soft)
             loss = noise_prediction_error(self.adapter, self.adapter.predict_x0(x_t, level, cond, 1.0), x0, level)
             (grad,) = torch.autograd.grad(loss, [soft])  # the LoRA gets no gradient from the attack
             optimizer.zero_grad(set_to_none=True)
             soft.grad = grad
             optimizer.step()
-        self.conditioning = Conditioning(self.conditioning.tensors | {key: soft.detach()})
+        self.values = soft.detach()
         return float(loss.detach())
 
-    def draw(self, count: int) -> tuple[Conditioning, torch.Tensor]:
-        picks = torch.randint(0, self.size, (count,), generator=self.generator)
-        return self.conditioning[picks], self.heads[picks]
+    def draw(self, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``count`` entries at random, and their heads."""
+        entries = torch.randint(0, self.size, (count,), generator=self.generator)
+        return entries, self.heads[entries]
 
     def anchor_loss(self, count: int, anchors: list[Conditioning]) -> torch.Tensor:
         """How far the current model, given bank conditionings, still denoises the concept's samples:
         the squared x0 gap to the original model's prediction at the same noisy concept sample for a
         neutral prompt of the same concept (``anchors[head]``, one drawn per entry). Differentiable
         in the LoRA; the bank entries are fixed here."""
-        picks = torch.randint(0, self.size, (count,), generator=self.generator)
-        cond, heads = self.conditioning[picks], self.heads[picks]
+        entries, heads = self.draw(count)
         x0 = torch.stack([
             self.targets[head][torch.randint(0, len(self.targets[head]), (), generator=self.generator)]
             for head in heads.tolist()
@@ -109,5 +130,5 @@ class AdversarialConditionings:
         ])
         with torch.no_grad(), lora_disabled(self.adapter):
             target = self.adapter.predict_x0(x_t, level, anchor, 1.0)
-        prediction = self.adapter.predict_x0(x_t, level, cond, 1.0)
+        prediction = self.adapter.predict_x0(x_t, level, self.conditioning(entries), 1.0)
         return (prediction - target).pow(2).flatten(1).sum(1).mean()

@@ -114,12 +114,38 @@ def test_the_robust_extension_attacks_between_updates_and_trains_on_its_bank(ada
     trainer = FadeTrainer(adapter, prompt_set, modules, config)
     bank = trainer.adversarial
     assert bank is not None and bank.size == 4
-    warmed = bank.conditioning.tensors[adapter.context_key].clone()
+    warmed = bank.values.clone()
     calls = []
     original = bank.attack
     bank.attack = lambda steps: calls.append(steps) or original(steps)
     result = trainer.run()
     assert calls == [2, 2]  # after updates 2 and 4
-    assert not torch.equal(bank.conditioning.tensors[adapter.context_key], warmed)  # the attack moved the bank
+    assert not torch.equal(bank.values, warmed)  # the attack moved the bank
     assert result.steps_done == 4 and all(torch.isfinite(t).all() for t in result.lora.values())
     assert any(t.abs().sum() > 0 for k, t in result.lora.items() if k.endswith(".up"))
+
+
+def test_the_robust_attack_in_token_space_reads_its_words_through_the_text_encoder_being_trained(adapter):
+    """robust_space "tokens" (AdvUnlearn's setting): the bank holds word embeddings; the slots that
+    start from it are read anew by the text encoder, so its LoRA learns from them too."""
+    prompt_set = default_prompt_set(["eight"], num_prompts=8)
+    modules = list(adapter.lora_candidates("text_encoder"))
+    config = FadeConfig(steps=2, adversary_warmup=1, batch_size=4, validate_every=2, sampling_steps=4, stop_patience=10,
+                        robust_every=1, robust_attack_steps=2, robust_warmup_steps=2, robust_bank_size=4, robust_targets=8,
+                        robust_share=1.0, robust_space="tokens", robust_anchor_weight=0.0)
+    trainer = FadeTrainer(adapter, prompt_set, modules, config)
+    bank = trainer.adversarial
+    assert bank.values.shape[-1] == adapter.text_encoder.config.hidden_size and bank.words.any()
+    starts = bank.start_values[bank.origins]
+    assert not torch.equal(bank.values[bank.words[bank.origins]], starts[bank.words[bank.origins]])  # the warm-up moved the words
+    assert torch.equal(bank.values[~bank.words[bank.origins]], starts[~bank.words[bank.origins]])  # BOS, EOS, padding stay
+    read = bank.conditioning(torch.arange(4))
+    assert read.tensors["context"].requires_grad  # through the text encoder's LoRA
+    concept, _ = trainer._read_by_current_text_encoder(trainer.pool.pairs, trainer.pool.concept_cond)
+    assert concept.tensors["context"].requires_grad
+    from_words = bank.conditioning(trainer.pool.bank_entries).tensors["context"]
+    from_prompts = adapter.encode([trainer.train_pairs[i].concept_prompt for i in trainer.pool.pairs.tolist()]).tensors["context"]
+    assert torch.allclose(concept.tensors["context"], from_words, atol=1e-6)
+    assert not torch.allclose(concept.tensors["context"], from_prompts, atol=1e-3)
+    result = trainer.run()
+    assert result.steps_done == 2 and any(t.abs().sum() > 0 for k, t in result.lora.items() if k.endswith(".up"))

@@ -10,7 +10,9 @@ Default budgets, and their single-threaded CPU time on the 2-core machine that b
 
 - embedding attack: 3 starting prompts x 300 steps x 2 real images per start and step, 16
   screening generations per start, then 200 generations from the worst start: about 45 s.
-  ``batch_size=4`` is stronger (ESD-erased eight: 99.5 % against 97.0 %) and takes about 55 s;
+  ``batch_size=4`` is stronger (ESD-erased eight: 99.5 % against 97.0 %) and takes about 55 s.
+  The same in token space (the inversion attack, ``space="tokens"``) also runs the text encoder
+  at every step;
 - discrete attack: 5 rounds x 8 candidate prompts x 6 generations each, then 200 generations of
   the prompt found: about 30 s;
 - context attack: 200 generations over the concept prompts in the given contexts: about 13 s.
