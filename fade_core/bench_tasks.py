@@ -21,6 +21,12 @@ ONLY_ON = {
 # on the tuning task in every run of the benchmark; the chosen one is the method's plain name.
 TUNING = ("fade@steps=300", "esd@steps=400", "uce@preserve_weight=0.1")
 
+# Where FADE's LoRA goes, measured under the attacks on the tuning task in every run: all attention
+# layers, the text encoder (the robust place against textual inversion in AdvUnlearn), and the
+# text encoder with the cross-attention K/V. The default (K/V) is plain ``fade``; every module is
+# ``fade-no-saliency``.
+PLACEMENTS = ("fade@family=attention", "fade@family=text_encoder", "fade@family=cross_attention+text_encoder")
+
 
 def task_concepts(task: str) -> list[str]:
     """A task's concepts: concepts erased together are joined by +."""
