@@ -379,7 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="comma-separated, from: " + ", ".join(METHODS) + "; settings after @, such as esd@steps=400")
     benchmark.add_argument("--tasks", default=",".join(DEFAULT_TASKS),
                            help="comma-separated tasks; concepts erased together are joined by + (e.g. one+four+seven)")
-    benchmark.add_argument("--images", type=int, default=200, help="generations per concept and measurement")
+    benchmark.add_argument("--images", type=int, default=100,
+                           help="generations per concept and measurement (100: the published BENCHMARKS.md; 200 steadier, twice the time)")
     benchmark.add_argument("--attack-steps", type=int, default=300, help="optimisation steps of the embedding attack (0: no attacks)")
     benchmark.add_argument("--workers", type=int, default=1, help="jobs at once, each in its own process with one thread")
     benchmark.add_argument("--no-tuning", dest="tuning", action="store_false",
