@@ -300,7 +300,7 @@ def markdown(results: dict, command: str, notes: str = "") -> str:
         "  embeddings of the starting prompt's words, read through the erased model's text encoder (a textual-inversion",
         "  embedding, what ComfyUI's `embedding:` syntax loads); blank where a row was measured before it existed. **Acc word search**: a greedy",
         "  search over words the base model knows (held-out contexts, templates) that maximises the evaluator's probability",
-        "  of the concept, reported on seeds the search never used. Neither attack is used in any training.",
+        "  of the concept, reported on seeds the search never used. No attack is used in any training.",
         "- **H**: Appendix B with Acc trained, against the base model's FID- and CLIP-proxy. **H worst**: the same with the",
         "  largest Acc of the row.",
         "- **wall s** and **peak MB** (resident memory above the job's start, in its own process) cover the erasure itself.",
