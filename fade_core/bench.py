@@ -348,9 +348,10 @@ def plot(results: dict, path: Path) -> None:
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     methods = sorted({m for rows in results["tasks"].values() for m in rows if m != "base"})
-    for method in methods:
+    for i, method in enumerate(methods):  # a colour and a marker each: more methods than one colour cycle
         points = [(rows[method]["seconds"], rows[method]["H"]) for rows in results["tasks"].values() if method in rows]
-        left.scatter([p[0] for p in points], [p[1] for p in points], label=method)
+        left.scatter([p[0] for p in points], [p[1] for p in points], label=method,
+                     color=plt.get_cmap("tab20")(i % 20), marker="o^sDvP*X<>hp"[i % 12])
     left.set_xscale("log")
     left.set_xlabel("wall time of the erasure (s, 2 CPU cores)")
     left.set_ylabel("H (Appendix B)")
