@@ -304,7 +304,8 @@ class FadeTrainer:
         fresh = self.adapter.encode_trainable([p.concept_prompt for p in chosen])
         keep = self.pool.from_bank.to(self.device)
         if keep.any() and self.adversarial.space == "tokens":  # bank entries are words, read anew too
-            read = self.adversarial.conditioning(self.pool.bank_entries[self.pool.from_bank])
+            bank_slots = self.pool.from_bank
+            read = self.adversarial.read(self.pool.bank_origins[bank_slots], self.pool.bank_values[bank_slots])
             concept_cond = Conditioning({key: value.clone() for key, value in concept_cond.tensors.items()})
             for key, value in read.tensors.items():
                 concept_cond.tensors[key][keep] = value
@@ -436,7 +437,7 @@ class PairTrajectories:
         cfg = trainer.config
         self.num_steps = cfg.sampling_steps
         self.pairs_of_head = [torch.nonzero(trainer._heads == h).flatten().cpu() for h in range(len(trainer.prompt_set.concepts))]
-        self.pairs, self.concept_cond, self.heads, self.bank_entries = self._draw_slots(size)
+        self.pairs, self.concept_cond, self.heads, self.bank_origins, self.bank_values = self._draw_slots(size)
         self.steps = torch.arange(size) * self.num_steps // size
         noise = initial_noise(trainer.adapter, size, trainer.generator)
         cond = Conditioning.cat([self.concept_cond, trainer._neutral_cond[self.pairs.to(trainer.device)]])
@@ -451,15 +452,18 @@ class PairTrajectories:
         trainer, rng = self.trainer, self.trainer.random
         pairs = torch.tensor([rng.randrange(len(trainer.train_pairs)) for _ in range(count)], dtype=torch.long)
         cond, heads = trainer._concept_cond[pairs], trainer._heads[pairs]
-        bank_entries = torch.full((count,), -1, dtype=torch.long)
+        # A slot from the bank keeps the entry as it was drawn (its start and soft tensor), so that
+        # a text encoder being trained reads it anew (token space) as the trajectory was sampled.
+        bank_origins = torch.full((count,), -1, dtype=torch.long)
         bank = trainer.adversarial
+        bank_values = None if bank is None else bank.values.new_zeros((count, *bank.values.shape[1:]))
         if bank is not None:
             chosen = [i for i in range(count) if rng.random() < trainer.config.robust_share]
             if chosen:
-                entries, soft_heads = bank.draw(len(chosen))
-                bank_entries[chosen] = entries
+                origins, values, soft_heads = bank.draw(len(chosen))
+                bank_origins[chosen], bank_values[chosen] = origins, values
                 with torch.no_grad():
-                    soft = bank.conditioning(entries)
+                    soft = bank.read(origins, values)
                 tensors = {key: value.clone() for key, value in cond.tensors.items()}
                 for key, value in soft.tensors.items():
                     tensors[key][chosen] = value
@@ -468,12 +472,12 @@ class PairTrajectories:
                 for i, head in zip(chosen, soft_heads.tolist()):
                     mine = self.pairs_of_head[head]
                     pairs[i] = mine[rng.randrange(len(mine))]
-        return pairs, cond, heads, bank_entries
+        return pairs, cond, heads, bank_origins, bank_values
 
     @property
     def from_bank(self) -> torch.Tensor:
         """Which slots take their concept side from the robust bank."""
-        return self.bank_entries >= 0
+        return self.bank_origins >= 0
 
     def current(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.pairs, self.steps, self.concept, self.neutral
@@ -496,8 +500,10 @@ class PairTrajectories:
             start = adapter.add_noise(torch.zeros_like(noise), noise, levels[0].expand(count))
             on_device = finished.to(start.device)
             self.concept[on_device], self.neutral[on_device] = start, start
-            pairs, cond, heads, bank_entries = self._draw_slots(count)
-            self.pairs[finished], self.heads[on_device], self.bank_entries[finished] = pairs, heads, bank_entries
+            pairs, cond, heads, bank_origins, bank_values = self._draw_slots(count)
+            self.pairs[finished], self.heads[on_device], self.bank_origins[finished] = pairs, heads, bank_origins
+            if bank_values is not None:
+                self.bank_values[finished.to(bank_values.device)] = bank_values
             tensors = {key: value.clone() for key, value in self.concept_cond.tensors.items()}
             for key, value in cond.tensors.items():
                 tensors[key][on_device] = value

@@ -69,12 +69,10 @@ class AdversarialConditionings:
     def _draw_starts(self, count: int) -> torch.Tensor:
         return torch.randint(0, len(self.start_heads), (count,), generator=self.generator)
 
-    def conditioning(self, entries: torch.Tensor, values: torch.Tensor | None = None) -> Conditioning:
-        """What the current model reads from bank entries (``values``: their soft tensors, when
-        not the bank's own). In token space the text encoder runs, with gradient when it has a
-        LoRA; wrap the call in ``torch.no_grad()`` where none is wanted."""
-        values = self.values[entries] if values is None else values
-        origins = self.origins[entries]
+    def read(self, origins: torch.Tensor, values: torch.Tensor) -> Conditioning:
+        """What the current model reads from soft tensors ``values`` grown from the starts
+        ``origins``. In token space the text encoder runs, with gradient when it has a LoRA; wrap
+        the call in ``torch.no_grad()`` where none is wanted."""
         if self.space == "tokens":
             words = self.words[origins].unsqueeze(-1)
             return self.adapter.encode_word_embeddings(self.ids[origins], torch.where(words, values, self.start_values[origins]))
@@ -90,7 +88,6 @@ class AdversarialConditionings:
             self.origins[slots], self.values[slots], self.heads[slots] = picks, self.start_values[picks], self.start_heads[picks]
         soft = self.values.detach().clone().requires_grad_(True)
         optimizer = torch.optim.Adam([soft], lr=self.learning_rate)
-        everyone = torch.arange(self.size)
         loss = torch.zeros(())
         for _ in range(steps):
             x0 = torch.stack([
@@ -99,7 +96,7 @@ class AdversarialConditionings:
             ])
             level = self.levels[torch.randint(0, len(self.levels), (self.size,), generator=self.generator)]
             x_t = self.adapter.add_noise(x0, torch.randn(x0.shape, generator=self.generator).to(x0.device), level)
-            cond = self.conditioning(everyone, soft)
+            cond = self.read(self.origins, soft)
             loss = noise_prediction_error(self.adapter, self.adapter.predict_x0(x_t, level, cond, 1.0), x0, level)
             (grad,) = torch.autograd.grad(loss, [soft])  # the LoRA gets no gradient from the attack
             optimizer.zero_grad(set_to_none=True)
@@ -108,17 +105,18 @@ class AdversarialConditionings:
         self.values = soft.detach()
         return float(loss.detach())
 
-    def draw(self, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``count`` entries at random, and their heads."""
+    def draw(self, count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``count`` entries at random, as they are now (they move on in later rounds): their
+        starts, soft tensors and heads."""
         entries = torch.randint(0, self.size, (count,), generator=self.generator)
-        return entries, self.heads[entries]
+        return self.origins[entries], self.values[entries], self.heads[entries]
 
     def anchor_loss(self, count: int, anchors: list[Conditioning]) -> torch.Tensor:
         """How far the current model, given bank conditionings, still denoises the concept's samples:
         the squared x0 gap to the original model's prediction at the same noisy concept sample for a
         neutral prompt of the same concept (``anchors[head]``, one drawn per entry). Differentiable
         in the LoRA; the bank entries are fixed here."""
-        entries, heads = self.draw(count)
+        origins, values, heads = self.draw(count)
         x0 = torch.stack([
             self.targets[head][torch.randint(0, len(self.targets[head]), (), generator=self.generator)]
             for head in heads.tolist()
@@ -130,5 +128,5 @@ class AdversarialConditionings:
         ])
         with torch.no_grad(), lora_disabled(self.adapter):
             target = self.adapter.predict_x0(x_t, level, anchor, 1.0)
-        prediction = self.adapter.predict_x0(x_t, level, self.conditioning(entries), 1.0)
+        prediction = self.adapter.predict_x0(x_t, level, self.read(origins, values), 1.0)
         return (prediction - target).pow(2).flatten(1).sum(1).mean()

@@ -139,11 +139,11 @@ def test_the_robust_attack_in_token_space_reads_its_words_through_the_text_encod
     starts = bank.start_values[bank.origins]
     assert not torch.equal(bank.values[bank.words[bank.origins]], starts[bank.words[bank.origins]])  # the warm-up moved the words
     assert torch.equal(bank.values[~bank.words[bank.origins]], starts[~bank.words[bank.origins]])  # BOS, EOS, padding stay
-    read = bank.conditioning(torch.arange(4))
+    read = bank.read(bank.origins, bank.values)
     assert read.tensors["context"].requires_grad  # through the text encoder's LoRA
     concept, _ = trainer._read_by_current_text_encoder(trainer.pool.pairs, trainer.pool.concept_cond)
     assert concept.tensors["context"].requires_grad
-    from_words = bank.conditioning(trainer.pool.bank_entries).tensors["context"]
+    from_words = bank.read(trainer.pool.bank_origins, trainer.pool.bank_values).tensors["context"]
     from_prompts = adapter.encode([trainer.train_pairs[i].concept_prompt for i in trainer.pool.pairs.tolist()]).tensors["context"]
     assert torch.allclose(concept.tensors["context"], from_words, atol=1e-6)
     assert not torch.allclose(concept.tensors["context"], from_prompts, atol=1e-3)
