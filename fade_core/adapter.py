@@ -12,7 +12,10 @@ wrapped in a :class:`DenoiserAdapter`. The method only ever sees:
 - the device the model computes on (:attr:`device`), where the method keeps every tensor of its loop;
 - a LoRA on named modules (:meth:`attach_lora`) and the gradient of a loss with respect to named
   weights (:meth:`weight_probes`), attached however the host allows without changing the model
-  for anyone else.
+  for anyone else;
+- where a host exposes them, the text encoder's input embeddings of a prompt's words
+  (:meth:`word_embeddings`, :meth:`encode_word_embeddings`), for the attacks and the robust
+  extension in token space.
 
 Everything else (sampling, saliency, the adversary, training, export) is written once against
 this interface.
