@@ -162,6 +162,14 @@ class DenoiserAdapter(abc.ABC):
         token of ``ids``), with gradient."""
         raise FadeInputError(f"{type(self).__name__} does not expose its text encoder's input embeddings")
 
+    def encode_soft_words(
+        self, ids: torch.Tensor, embeddings: torch.Tensor, words: torch.Tensor, soft: torch.Tensor
+    ) -> Conditioning:
+        """:meth:`encode_word_embeddings` with ``soft`` rows at the word positions (``words``, as
+        :meth:`word_embeddings` marks them) and the tokenizer's ``embeddings`` for BOS, EOS and
+        padding, which a textual-inversion file cannot change."""
+        return self.encode_word_embeddings(ids, torch.where(words.unsqueeze(-1), soft, embeddings))
+
     @abc.abstractmethod
     def lora_key(self, module_name: str) -> str:
         """The exported LoRA key prefix for a denoiser module, as the target loaders expect it."""

@@ -85,8 +85,7 @@ def embedding_attack(
         soft = embeddings.detach().clone().requires_grad_(True)
 
         def context() -> torch.Tensor:
-            # only the words' rows can change; BOS, EOS and padding are the tokenizer's
-            return adapter.encode_word_embeddings(ids, torch.where(words.unsqueeze(-1), soft, embeddings)).tensors[adapter.context_key]
+            return adapter.encode_soft_words(ids, embeddings, words, soft).tensors[adapter.context_key]
     else:
         soft = cond.tensors[adapter.context_key].detach().clone().requires_grad_(True)
         context = lambda: soft  # noqa: E731

@@ -74,8 +74,7 @@ class AdversarialConditionings:
         ``origins``. In token space the text encoder runs, with gradient when it has a LoRA; wrap
         the call in ``torch.no_grad()`` where none is wanted."""
         if self.space == "tokens":
-            words = self.words[origins].unsqueeze(-1)
-            return self.adapter.encode_word_embeddings(self.ids[origins], torch.where(words, values, self.start_values[origins]))
+            return self.adapter.encode_soft_words(self.ids[origins], self.start_values[origins], self.words[origins], values)
         return Conditioning(self.starts[origins].tensors | {self.adapter.context_key: values})
 
     def attack(self, steps: int) -> float:
