@@ -1,15 +1,16 @@
 """Reproduces the embedded model's weights: the evaluator, then the text-to-image model.
 
-    python -m fade_core.digits.train            # both; the text-to-image model took 63 min on one busy core
+    python -m fade_core.digits.train            # both, then the calibration: 57 min on 2 idle cores
     python -m fade_core.digits.train --only evaluator
 
-Both are seeded, so a run repeats itself on one machine; across CPUs, thread counts and torch
-versions the floating-point sums differ, and so do the weights (a retrained evaluator was not
-bit-identical to the committed one). The committed
-evaluator was kept from v1: the v2 model changed only the text-to-image part. The script ends by
-calibrating the guidance scale: for each scale, how often the evaluator recognises the requested
-digit (per digit) and style (per style), on the training captions and in held-out contexts; it
-writes benchmarks/calibration.json and the README's calibration section.
+Both are seeded, so a run repeats itself on one machine with one thread count; across CPUs,
+thread counts and torch versions the floating-point sums differ, and so do the weights (the
+committed text-to-image weights were trained on one thread; a two-thread run ends elsewhere and
+calibrates as well, see README). The committed evaluator was kept from v1: the v2 model changed
+only the text-to-image part. The script ends by calibrating the guidance scale: for each scale,
+how often the evaluator recognises the requested digit (per digit) and style (per style), on the
+training captions and in held-out contexts; it writes benchmarks/calibration.json and the
+README's calibration section.
 """
 
 from __future__ import annotations
