@@ -33,7 +33,7 @@ import torch
 
 from .adapter import TEXT_ENCODER_FAMILY, DenoiserAdapter
 from .baselines import EsdConfig, UceConfig, applied, edit_uce, erase_esd
-from .bench_tasks import PLACEMENTS, TUNING, TUNING_TASK, method_name, method_settings, runs_on, task_concepts
+from .bench_tasks import PLACEMENTS, ROBUST_PLACEMENTS, TUNING, TUNING_TASK, method_name, method_settings, runs_on, task_concepts
 from .digits import attacks, data
 from .digits.judge import DigitsJudge, default_prompt_set
 from .digits.model import load_adapter
@@ -217,7 +217,7 @@ def jobs_for(tasks, methods, tuning: bool) -> list[tuple[str, str]]:
     jobs = [(task, "base") for task in tasks]
     jobs += [(task, method) for task in tasks for method in methods if runs_on(method, task)]
     if tuning and TUNING_TASK in tasks:
-        jobs += [(TUNING_TASK, variant) for variant in (*TUNING, *PLACEMENTS) if (TUNING_TASK, variant) not in jobs]
+        jobs += [(TUNING_TASK, variant) for variant in (*TUNING, *PLACEMENTS, *ROBUST_PLACEMENTS) if (TUNING_TASK, variant) not in jobs]
     return jobs
 
 
@@ -309,7 +309,9 @@ def markdown(results: dict, command: str, notes: str = "") -> str:
         "  steps, UCE's the preservation weight. `fade-robust` runs on " + TUNING_TASK + " only (CPU budget).",
         f"- **Where the LoRA goes**: `fade` puts it on the cross-attention K/V layers the saliency picks, `fade-no-saliency` on",
         f"  every layer of the denoiser; the `fade@family=` rows on {TUNING_TASK} put it on every attention layer, on the text",
-        "  encoder, or on both the K/V layers and the text encoder.",
+        "  encoder, or on both the K/V layers and the text encoder. `fade-robust` (context space) puts it on every layer of",
+        "  the denoiser; its `robust_space=tokens` rows search word embeddings read by the text encoder being trained, with",
+        "  the LoRA on the text encoder alone (the AdvUnlearn-style baseline) or on every layer and the text encoder.",
         "",
     ]
     for task, rows in results["tasks"].items():

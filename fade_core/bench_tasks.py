@@ -10,7 +10,7 @@ method's chosen settings were compared with.
 METHODS = ("fade", "fade-robust", "esd", "uce", "fade-no-adversary", "fade-no-preservation", "fade-no-saliency")
 DEFAULT_TASKS = ("three", "five", "eight", "bold", "inverted", "one+four+seven")
 
-# Methods that run on some tasks only, for the CPU budget of one benchmark run (about 150 minutes
+# Methods that run on some tasks only, for the CPU budget of one benchmark run (about 165 minutes
 # on 2 cores): the robust variant (3x FADE's time) on the tuning task.
 TUNING_TASK = "eight"
 ONLY_ON = {
@@ -26,6 +26,14 @@ TUNING = ("fade@steps=300", "esd@steps=400", "uce@preserve_weight=0.1")
 # text encoder with the cross-attention K/V. The default (K/V) is plain ``fade``; every module is
 # ``fade-no-saliency``.
 PLACEMENTS = ("fade@family=attention", "fade@family=text_encoder", "fade@family=cross_attention+text_encoder")
+
+# The robust extension with its inner attack in token space (AdvUnlearn's setting: word embeddings
+# read by the text encoder being trained), on the tuning task in every run: the LoRA on the text
+# encoder alone (the AdvUnlearn-style baseline) and on every module and the text encoder.
+ROBUST_PLACEMENTS = (
+    "fade-robust@robust_space=tokens:family=text_encoder",
+    "fade-robust@robust_space=tokens:family=all+text_encoder",
+)
 
 
 def task_concepts(task: str) -> list[str]:

@@ -384,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     benchmark.add_argument("--attack-steps", type=int, default=300, help="optimisation steps of the embedding attack (0: no attacks)")
     benchmark.add_argument("--workers", type=int, default=1, help="jobs at once, each in its own process with one thread")
     benchmark.add_argument("--no-tuning", dest="tuning", action="store_false",
-                           help="skip the tuning and placement variants on eight (each method's alternative settings, FADE's LoRA placements)")
+                           help="skip the tuning and placement variants on eight (each method's alternative settings, FADE's LoRA placements and the token-space robust rows)")
     benchmark.add_argument("--seed", type=int, default=0)
     benchmark.add_argument("--json", default="benchmarks/bench.json")
     benchmark.add_argument("--plot", default="benchmarks/bench.png")
