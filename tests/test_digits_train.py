@@ -7,7 +7,7 @@ from fade_core.digits.train import WeightAverage
 
 def test_weight_average_matches_torch_averaged_model_bit_for_bit():
     # The row-restricted average must give exactly what AveragedModel's EMA gives over the whole
-    # table, or `python -m fade_core.digits.train` would no longer reproduce the committed weights.
+    # table, or `python -m fade_core.digits.train` would end with other weights than before it.
     torch.manual_seed(0)
     model = torch.nn.ModuleDict({"table": torch.nn.Embedding(50, 4, sparse=True), "head": torch.nn.Linear(4, 1)})
     reference = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.9))
