@@ -33,7 +33,7 @@ import torch
 
 from .adapter import TEXT_ENCODER_FAMILY, DenoiserAdapter
 from .baselines import EsdConfig, UceConfig, applied, edit_uce, erase_esd
-from .bench_tasks import PLACEMENTS, ROBUST_PLACEMENTS, TUNING, TUNING_TASK, method_name, method_settings, runs_on, task_concepts
+from .bench_tasks import PLACEMENTS, ROBUST_PLACEMENTS, TUNING, TUNING_TASK, method_name, method_settings, task_concepts
 from .digits import attacks, data
 from .digits.judge import DigitsJudge, default_prompt_set
 from .digits.model import load_adapter
@@ -215,7 +215,7 @@ def with_scores(row: dict, base: dict) -> dict:
 
 def jobs_for(tasks, methods, tuning: bool) -> list[tuple[str, str]]:
     jobs = [(task, "base") for task in tasks]
-    jobs += [(task, method) for task in tasks for method in methods if runs_on(method, task)]
+    jobs += [(task, method) for task in tasks for method in methods]
     if tuning and TUNING_TASK in tasks:
         jobs += [(TUNING_TASK, variant) for variant in (*TUNING, *PLACEMENTS, *ROBUST_PLACEMENTS) if (TUNING_TASK, variant) not in jobs]
     return jobs
@@ -306,7 +306,7 @@ def markdown(results: dict, command: str, notes: str = "") -> str:
         "- **wall s** and **peak MB** (resident memory above the job's start, in its own process) cover the erasure itself.",
         f"- **Tuning budget**: every method has its chosen settings and one alternative, both measured on {TUNING_TASK} in this",
         "  run (the rows with `@`); the plain name is the chosen one. FADE's and ESD's alternatives change the number of",
-        "  steps, UCE's the preservation weight. `fade-robust` runs on " + TUNING_TASK + " only (CPU budget).",
+        "  steps, UCE's the preservation weight.",
         f"- **Where the LoRA goes**: `fade` puts it on the cross-attention K/V layers the saliency picks, `fade-no-saliency` on",
         f"  every layer of the denoiser; the `fade@family=` rows on {TUNING_TASK} put it on every attention layer, on the text",
         "  encoder, or on both the K/V layers and the text encoder. `fade-robust` (context space) puts it on every layer of",

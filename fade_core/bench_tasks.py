@@ -10,12 +10,7 @@ method's chosen settings were compared with.
 METHODS = ("fade", "fade-robust", "esd", "uce", "fade-no-adversary", "fade-no-preservation", "fade-no-saliency")
 DEFAULT_TASKS = ("three", "five", "eight", "bold", "inverted", "one+four+seven")
 
-# Methods that run on some tasks only, for the CPU budget of one benchmark run (about 165 minutes
-# on 2 cores): the robust variant (3x FADE's time) on the tuning task.
 TUNING_TASK = "eight"
-ONLY_ON = {
-    "fade-robust": (TUNING_TASK,),
-}
 
 # The same tuning budget for every method: its chosen settings and one alternative, both measured
 # on the tuning task in every run of the benchmark; the chosen one is the method's plain name.
@@ -65,6 +60,3 @@ def method_settings(method: str) -> dict[str, int | float | str]:
             settings[key.strip()] = value.strip()
     return settings
 
-
-def runs_on(method: str, task: str) -> bool:
-    return task in ONLY_ON.get(method_name(method), (task,))
