@@ -306,7 +306,7 @@ def markdown(results: dict, command: str, notes: str = "") -> str:
         "- **wall s** and **peak MB** (resident memory above the job's start, in its own process) cover the erasure itself.",
         f"- **Tuning budget**: every method has its chosen settings and one alternative, both measured on {TUNING_TASK} in this",
         "  run (the rows with `@`); the plain name is the chosen one. FADE's and ESD's alternatives change the number of",
-        "  steps, UCE's the preservation weight.",
+        "  steps, UCE's the preservation weight, fade-robust's the share of concept trajectories started from its bank.",
         f"- **Where the LoRA goes**: `fade` puts it on the cross-attention K/V layers the saliency picks, `fade-no-saliency` on",
         f"  every layer of the denoiser; the `fade@family=` rows on {TUNING_TASK} put it on every attention layer, on the text",
         "  encoder, or on both the K/V layers and the text encoder. `fade-robust` (context space) puts it on every layer of",

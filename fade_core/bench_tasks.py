@@ -14,7 +14,7 @@ TUNING_TASK = "eight"
 
 # The same tuning budget for every method: its chosen settings and one alternative, both measured
 # on the tuning task in every run of the benchmark; the chosen one is the method's plain name.
-TUNING = ("fade@steps=300", "esd@steps=400", "uce@preserve_weight=0.1")
+TUNING = ("fade@steps=300", "esd@steps=400", "uce@preserve_weight=0.1", "fade-robust@robust_share=0.25")
 
 # Where FADE's LoRA goes, measured under the attacks on the tuning task in every run: all attention
 # layers, the text encoder (the robust place against textual inversion in AdvUnlearn), and the
