@@ -33,10 +33,11 @@ import torch
 
 from .adapter import TEXT_ENCODER_FAMILY, DenoiserAdapter
 from .baselines import EsdConfig, UceConfig, applied, edit_uce, erase_esd
-from .bench_tasks import PLACEMENTS, ROBUST_PLACEMENTS, TUNING, TUNING_TASK, method_name, method_settings, task_concepts
+from .bench_tasks import PLACEMENTS, REFERENCES, ROBUST_PLACEMENTS, TUNING, TUNING_TASK, method_name, method_settings, task_concepts
 from .digits import attacks, data
 from .digits.judge import DigitsJudge, default_prompt_set
-from .digits.model import load_adapter
+from .digits.model import load_adapter, make_adapter, model_state_for_file, pipeline_from_state
+from .digits.train import GENERATOR_STEPS, train_generator
 from .errors import FadeInputError
 from .fade import FadeConfig, FadeTrainer
 from .files import atomic_write
@@ -113,9 +114,12 @@ def discrete_vocabulary() -> list[str]:
 def erase(method: str, concepts: list[str], seed: int) -> tuple[DenoiserAdapter, Callable, list]:
     """Erases the concepts with the method; returns the erased adapter, a context manager that puts
     the edit in place while it is measured, and FADE's adversary curve."""
+    name, settings = method_name(method), method_settings(method)
+    if name == "retrained":
+        unet, text_encoder = train_generator(int(settings.get("steps", GENERATOR_STEPS)), seed=seed, without=tuple(concepts))
+        return make_adapter(pipeline_from_state(model_state_for_file(unet, text_encoder))), contextlib.nullcontext, []
     adapter = load_adapter()
     prompt_set = default_prompt_set(concepts, seed=seed)
-    name, settings = method_name(method), method_settings(method)
     if name == "uce":
         deltas = edit_uce(adapter, prompt_set, preserve_prompts(concepts), config=UceConfig(**settings)).deltas
         return adapter, lambda: applied(adapter, deltas), []
@@ -217,7 +221,8 @@ def jobs_for(tasks, methods, tuning: bool) -> list[tuple[str, str]]:
     jobs = [(task, "base") for task in tasks]
     jobs += [(task, method) for task in tasks for method in methods]
     if tuning and TUNING_TASK in tasks:
-        jobs += [(TUNING_TASK, variant) for variant in (*TUNING, *PLACEMENTS, *ROBUST_PLACEMENTS) if (TUNING_TASK, variant) not in jobs]
+        jobs += [(TUNING_TASK, variant) for variant in (*TUNING, *PLACEMENTS, *ROBUST_PLACEMENTS, *REFERENCES)
+                 if (TUNING_TASK, variant) not in jobs]
     return jobs
 
 

@@ -2,12 +2,18 @@
 line checks a ``bench`` request before any work (the benchmark itself is :mod:`fade_core.bench`).
 
 A method is a name from :data:`METHODS`, optionally with settings after ``@`` that replace its
-defaults: ``esd@steps=400``, ``fade@steps=300:learning_rate=0.002``. The default run adds the
-tuning variants of :data:`TUNING` on :data:`TUNING_TASK`, so that BENCHMARKS.md shows what each
-method's chosen settings were compared with.
+defaults: ``esd@steps=400``, ``fade@steps=300:learning_rate=0.002``. The default run adds, on
+:data:`TUNING_TASK`, the tuning variants of :data:`TUNING` (so that BENCHMARKS.md shows what each
+method's chosen settings were compared with) and the reference of :data:`REFERENCES`.
 """
 
-METHODS = ("fade", "fade-robust", "esd", "uce", "fade-no-adversary", "fade-no-preservation", "fade-no-saliency")
+DEFAULT_METHODS = ("fade", "fade-robust", "esd", "uce", "fade-no-adversary", "fade-no-preservation", "fade-no-saliency")
+# The reference that no eraser can beat on its own terms: the base model's recipe, retrained from
+# scratch without the concept's images and captions (about an hour a job, so by default on the
+# tuning task only). What an attack brings back from it, a model that never learned the concept,
+# is how far that attack finds concepts rather than remnants of them.
+REFERENCES = ("retrained",)
+METHODS = DEFAULT_METHODS + REFERENCES
 DEFAULT_TASKS = ("three", "five", "eight", "bold", "inverted", "one+four+seven")
 
 TUNING_TASK = "eight"

@@ -19,7 +19,7 @@ from dataclasses import fields
 from pathlib import Path
 
 # Only light modules at the top: --help and bad arguments are answered without importing torch.
-from .bench_tasks import DEFAULT_TASKS, METHODS, method_name, method_settings, task_concepts
+from .bench_tasks import DEFAULT_METHODS, DEFAULT_TASKS, METHODS, method_name, method_settings, task_concepts
 from .config import MAX_SEED, FadeConfig, flags
 from .errors import FadeExportError, FadeInputError, FadeInterrupted, FadeTrainingError
 
@@ -375,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.set_defaults(run=cmd_sample)
 
     benchmark = sub.add_parser("bench", help="FADE, its ablations, ESD and UCE on the same tasks; writes BENCHMARKS.md, JSON and a plot")
-    benchmark.add_argument("--methods", default=",".join(METHODS),
+    benchmark.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                            help="comma-separated, from: " + ", ".join(METHODS) + "; settings after @, such as esd@steps=400")
     benchmark.add_argument("--tasks", default=",".join(DEFAULT_TASKS),
                            help="comma-separated tasks; concepts erased together are joined by + (e.g. one+four+seven)")

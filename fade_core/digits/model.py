@@ -134,8 +134,14 @@ def load_pipeline(path: str | Path = MODEL_FILE) -> DigitsPipeline:
         raise FileNotFoundError(
             f"embedded model weights not found at {path}; run `python -m fade_core.digits.train` to rebuild them"
         )
+    return pipeline_from_state(load_safetensors(path))
+
+
+def pipeline_from_state(state: dict[str, torch.Tensor]) -> DigitsPipeline:
+    """The pipeline from weights as :func:`model_state_for_file` stores them (so a model trained in
+    memory can be measured exactly as it would be after saving and loading)."""
     pipeline = build_pipeline()
-    state = load_safetensors(path)
+    state = dict(state)
     table = initial_token_table()
     table[state.pop(STORED_ROWS_KEY)] = state.pop(STORED_VALUES_KEY).float()
     state = {key: value.float() for key, value in state.items()} | {token_table_key(pipeline.text_encoder): table}

@@ -25,6 +25,7 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from ..errors import FadeInputError
 from ..files import atomic_write, load_safetensors, save_safetensors
 from ..report import markdown_table, replace_section
 from ..sampling import generate
@@ -36,6 +37,7 @@ from .model import (
 )
 
 CFG_DROPOUT = 0.1
+GENERATOR_STEPS = 4500  # the committed model's schedule
 
 
 class WeightAverage:
@@ -70,7 +72,14 @@ class WeightAverage:
         self.table.copy_(self.table_average)
 
 
-def train_generator(steps: int, batch_size: int = 64, seed: int = 0, lr: float = 1e-3):
+def train_generator(steps: int, batch_size: int = 64, seed: int = 0, lr: float = 1e-3, without: tuple[str, ...] = ()):
+    """The text-to-image model, trained from scratch. ``without`` names concepts (digits or styles)
+    whose images and captions the training never sees: the model retrained without them, the
+    reference that an erasure of those concepts is measured against (unlearning's gold standard)."""
+    unknown = [c for c in without if c not in data.DIGIT_NAMES and c not in data.STYLE_NAMES[1:]]
+    if unknown:
+        raise FadeInputError(f"cannot train without {unknown}: name digits ({', '.join(data.DIGIT_NAMES)}) "
+                             f"or styles ({', '.join(data.STYLE_NAMES[1:])})")
     pipeline = build_pipeline(seed)
     unet, text_encoder, scheduler = pipeline.unet, pipeline.text_encoder, pipeline.scheduler
     modules = torch.nn.ModuleDict({"unet": unet, "text_encoder": text_encoder}).train()
@@ -96,17 +105,20 @@ def train_generator(steps: int, batch_size: int = 64, seed: int = 0, lr: float =
     ]
 
     images, digits = data.real_split("generator")
-    styled = {style: data.to_model_range(data.apply_style(images, style)) for style in data.STYLE_NAMES}
+    kept = ~torch.isin(digits, torch.tensor([data.DIGIT_NAMES.index(c) for c in without if c in data.DIGIT_NAMES], dtype=digits.dtype))
+    images, digits = images[kept], digits[kept]
+    styles = [style for style in data.STYLE_NAMES if style not in without]
+    styled = {style: data.to_model_range(data.apply_style(images, style)) for style in styles}
     generator = torch.Generator().manual_seed(seed)
     rng = random.Random(seed)
 
     progress = tqdm(range(steps), desc="text-to-image model")
     for step in progress:
         idx = torch.randint(0, images.shape[0], (batch_size,), generator=generator)
-        style_idx = torch.randint(0, len(data.STYLE_NAMES), (batch_size,), generator=generator)
-        x0 = torch.stack([styled[data.STYLE_NAMES[s]][i] for i, s in zip(idx.tolist(), style_idx.tolist())])
+        style_idx = torch.randint(0, len(styles), (batch_size,), generator=generator)
+        x0 = torch.stack([styled[styles[s]][i] for i, s in zip(idx.tolist(), style_idx.tolist())])
         captions = [
-            "" if rng.random() < CFG_DROPOUT else data.random_caption(int(digits[i]), data.STYLE_NAMES[s], rng).text
+            "" if rng.random() < CFG_DROPOUT else data.random_caption(int(digits[i]), styles[s], rng).text
             for i, s in zip(idx.tolist(), style_idx.tolist())
         ]
         tokens = tokenize(captions)
@@ -206,7 +218,7 @@ def calibration_markdown(report: dict, evaluator_accuracy: dict[str, float]) -> 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=("evaluator", "generator", "calibrate"))
-    parser.add_argument("--steps", type=int, default=4500, help="text-to-image training steps")
+    parser.add_argument("--steps", type=int, default=GENERATOR_STEPS, help="text-to-image training steps")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
