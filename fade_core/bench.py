@@ -319,6 +319,10 @@ def markdown(results: dict, command: str, notes: str = "") -> str:
         "  encoder, or on both the K/V layers and the text encoder. `fade-robust` (context space) puts it on every layer of",
         "  the denoiser; its `robust_space=tokens` rows search word embeddings read by the text encoder being trained, with",
         "  the LoRA on the text encoder alone (the AdvUnlearn-style baseline) or on every layer and the text encoder.",
+        "- **retrained**: the reference, not an eraser: the base model's training recipe (steps, seed, one thread) from",
+        "  scratch without the concept's images and captions; its wall s is that training. What an attack brings back",
+        "  from it, a model that never learned the concept, is what that attack composes from other concepts, not a",
+        "  remnant an erasure left.",
         "",
     ]
     for task, rows in results["tasks"].items():

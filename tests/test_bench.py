@@ -2,8 +2,9 @@
 
 import json
 
-from fade_core.bench import lora_modules
-from fade_core.cli import main
+from fade_core.bench import jobs_for, lora_modules
+from fade_core.bench_tasks import DEFAULT_METHODS, DEFAULT_TASKS, METHODS, TUNING_TASK
+from fade_core.cli import _bench_methods, main
 from fade_core.digits.judge import default_prompt_set
 
 
@@ -40,3 +41,13 @@ def test_a_method_places_its_lora_by_family(adapter):
     both = lora_modules(adapter, prompt_set, "cross_attention+text_encoder", seed=0)
     kv = [m for m in both if not m.startswith("text_encoder.")]
     assert kv and set(kv) <= set(adapter.lora_candidates("cross_attention")) and both[len(kv):] == text
+
+
+def test_the_retrained_reference_runs_on_the_tuning_task_only_by_default():
+    """The reference costs a full training, so a default run has it on the tuning task alone; any
+    other task gets it on request (``--methods retrained``), which the command line accepts."""
+    jobs = jobs_for(DEFAULT_TASKS, DEFAULT_METHODS, tuning=True)
+    assert [task for task, method in jobs if method == "retrained"] == [TUNING_TASK]
+    assert "retrained" not in DEFAULT_METHODS and "retrained" in METHODS
+    assert not any(method == "retrained" for _, method in jobs_for(DEFAULT_TASKS, DEFAULT_METHODS, tuning=False))
+    assert _bench_methods("retrained,fade") == ["retrained", "fade"]

@@ -72,14 +72,24 @@ class WeightAverage:
         self.table.copy_(self.table_average)
 
 
-def train_generator(steps: int, batch_size: int = 64, seed: int = 0, lr: float = 1e-3, without: tuple[str, ...] = ()):
-    """The text-to-image model, trained from scratch. ``without`` names concepts (digits or styles)
-    whose images and captions the training never sees: the model retrained without them, the
-    reference that an erasure of those concepts is measured against (unlearning's gold standard)."""
+def training_data(without: tuple[str, ...] = ()) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """The generator's real images, their digits and the styles they are rendered in, less the
+    digits and styles named in ``without``."""
     unknown = [c for c in without if c not in data.DIGIT_NAMES and c not in data.STYLE_NAMES[1:]]
     if unknown:
         raise FadeInputError(f"cannot train without {unknown}: name digits ({', '.join(data.DIGIT_NAMES)}) "
                              f"or styles ({', '.join(data.STYLE_NAMES[1:])})")
+    images, digits = data.real_split("generator")
+    dropped = torch.tensor([data.DIGIT_NAMES.index(c) for c in without if c in data.DIGIT_NAMES], dtype=digits.dtype)
+    kept = ~torch.isin(digits, dropped)
+    return images[kept], digits[kept], [style for style in data.STYLE_NAMES if style not in without]
+
+
+def train_generator(steps: int, batch_size: int = 64, seed: int = 0, lr: float = 1e-3, without: tuple[str, ...] = ()):
+    """The text-to-image model, trained from scratch. ``without`` names concepts (digits or styles)
+    whose images and captions the training never sees: the model retrained without them, the
+    reference that an erasure of those concepts is measured against (unlearning's gold standard)."""
+    images, digits, styles = training_data(without)
     pipeline = build_pipeline(seed)
     unet, text_encoder, scheduler = pipeline.unet, pipeline.text_encoder, pipeline.scheduler
     modules = torch.nn.ModuleDict({"unet": unet, "text_encoder": text_encoder}).train()
@@ -104,10 +114,6 @@ def train_generator(steps: int, batch_size: int = 64, seed: int = 0, lr: float =
         for optimizer in optimizers
     ]
 
-    images, digits = data.real_split("generator")
-    kept = ~torch.isin(digits, torch.tensor([data.DIGIT_NAMES.index(c) for c in without if c in data.DIGIT_NAMES], dtype=digits.dtype))
-    images, digits = images[kept], digits[kept]
-    styles = [style for style in data.STYLE_NAMES if style not in without]
     styled = {style: data.to_model_range(data.apply_style(images, style)) for style in styles}
     generator = torch.Generator().manual_seed(seed)
     rng = random.Random(seed)
