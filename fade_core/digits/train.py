@@ -25,7 +25,6 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from ..errors import FadeInputError
 from ..files import atomic_write, load_safetensors, save_safetensors
 from ..report import markdown_table, replace_section
 from ..sampling import generate
@@ -75,12 +74,9 @@ class WeightAverage:
 def training_data(without: tuple[str, ...] = ()) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """The generator's real images, their digits and the styles they are rendered in, less the
     digits and styles named in ``without``."""
-    unknown = [c for c in without if c not in data.DIGIT_NAMES and c not in data.STYLE_NAMES[1:]]
-    if unknown:
-        raise FadeInputError(f"cannot train without {unknown}: name digits ({', '.join(data.DIGIT_NAMES)}) "
-                             f"or styles ({', '.join(data.STYLE_NAMES[1:])})")
+    objects = [concept for concept in without if data.concept_kind(concept) == "object"]
     images, digits = data.real_split("generator")
-    dropped = torch.tensor([data.DIGIT_NAMES.index(c) for c in without if c in data.DIGIT_NAMES], dtype=digits.dtype)
+    dropped = torch.tensor([data.DIGIT_NAMES.index(c) for c in objects], dtype=digits.dtype)
     kept = ~torch.isin(digits, dropped)
     return images[kept], digits[kept], [style for style in data.STYLE_NAMES if style not in without]
 
