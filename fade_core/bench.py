@@ -116,6 +116,8 @@ def erase(method: str, concepts: list[str], seed: int) -> tuple[DenoiserAdapter,
     the edit in place while it is measured, and FADE's adversary curve."""
     name, settings = method_name(method), method_settings(method)
     if name == "retrained":
+        if set(settings) - {"steps"}:
+            raise FadeInputError(f"method {method!r}: the retrained reference has one setting, steps (retrained@steps=4500)")
         unet, text_encoder = train_generator(int(settings.get("steps", GENERATOR_STEPS)), seed=seed, without=tuple(concepts))
         return make_adapter(pipeline_from_state(model_state_for_file(unet, text_encoder))), contextlib.nullcontext, []
     adapter = load_adapter()
