@@ -61,12 +61,18 @@ class FadeConfig:
     robust_bank_size: int = 16  # soft conditionings kept
     robust_share: float = 0.5  # share of concept trajectories started from the bank
     robust_refresh: float = 0.25  # share of the bank started afresh every round
-    robust_attack_lr: float = 1e-2
+    # 0.1: on five, with the negative-guidance anchor, 1e-2 left the soft-prompt attack at 99 %, 3e-2 at 91 %,
+    # 0.1 at 74 %, 0.3 at 91 % (benchmarks/notes.md): the bank must reach as far as an attack does
+    robust_attack_lr: float = 0.1
     # where the inner attack searches: "context", the text states cross-attention reads, or
     # "tokens", the input embeddings of the prompt's words through the current text encoder
     robust_space: str = "context"
     robust_targets: int = 64  # the base model's samples of each concept: the attack's targets
     robust_anchor_weight: float = 1.0  # weight of the bank's anchor loss (robust.py); 0: L_rem only (1: the benchmark's fade-robust)
+    # what the anchor loss pulls bank-conditioned predictions of the concept's samples to (robust.py):
+    # "negative_guidance", the base model's for that conditioning less the concept's direction, or
+    # "neutral", the base model's for a neutral prompt
+    robust_anchor_target: str = "negative_guidance"
 
     def check(self) -> None:
         """Refuses any setting that cannot work, naming it and what to use instead."""
@@ -108,6 +114,10 @@ class FadeConfig:
             value = getattr(self, name)
             if not (_is_number(value) and 0.0 <= value <= 1.0):
                 raise FadeInputError(f"{setting_name(name)} is {value}; use a share between 0 and 1")
+        if self.robust_anchor_target not in ("negative_guidance", "neutral"):
+            raise FadeInputError(
+                f"{setting_name('robust_anchor_target')} is {self.robust_anchor_target!r}; use 'negative_guidance' or 'neutral'"
+            )
         if self.robust_space not in ("context", "tokens"):
             raise FadeInputError(f"{setting_name('robust_space')} is {self.robust_space!r}; use 'context' or 'tokens'")
         if not (_is_number(self.robust_attack_lr) and math.isfinite(self.robust_attack_lr) and self.robust_attack_lr > 0):

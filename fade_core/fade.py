@@ -243,7 +243,9 @@ class FadeTrainer:
             )
             loss = loss_removal + cfg.preservation_weight * loss_preservation
             if self.adversarial is not None and cfg.robust_anchor_weight > 0:  # robust extension
-                loss = loss + cfg.robust_anchor_weight * self.adversarial.anchor_loss(len(heads), self._anchors)
+                loss = loss + cfg.robust_anchor_weight * self.adversarial.anchor_loss(
+                    len(heads), self._neutral_anchors, self._concept_anchors, cfg.robust_anchor_target
+                )
             if not torch.isfinite(loss):
                 raise FadeTrainingError(
                     f"the loss became {loss.item()} at LoRA update {step - cfg.adversary_warmup} (removal {loss_removal.item():.4g}, preservation "
@@ -342,7 +344,8 @@ class FadeTrainer:
         )
         bank.attack(cfg.robust_warmup_steps)
         bank.refresh = cfg.robust_refresh
-        self._anchors = [self._neutral_cond[torch.nonzero(self._heads == head).flatten()] for head in heads]
+        self._neutral_anchors = [self._neutral_cond[torch.nonzero(self._heads == head).flatten()] for head in heads]
+        self._concept_anchors = [self._concept_cond[torch.nonzero(self._heads == head).flatten()] for head in heads]
         return bank
 
     # -- validation ------------------------------------------------------------------------------

@@ -110,11 +110,21 @@ class AdversarialConditionings:
         entries = torch.randint(0, self.size, (count,), generator=self.generator)
         return self.origins[entries], self.values[entries], self.heads[entries]
 
-    def anchor_loss(self, count: int, anchors: list[Conditioning]) -> torch.Tensor:
+    def anchor_loss(self, count: int, neutrals: list[Conditioning], concepts: list[Conditioning], target: str) -> torch.Tensor:
         """How far the current model, given bank conditionings, still denoises the concept's samples:
-        the squared x0 gap to the original model's prediction at the same noisy concept sample for a
-        neutral prompt of the same concept (``anchors[head]``, one drawn per entry). Differentiable
-        in the LoRA; the bank entries are fixed here."""
+        the squared x0 gap, at a noisy sample of the concept, to a prediction of the original model
+        that lacks the concept. Differentiable in the LoRA; the bank entries are fixed here.
+
+        ``target`` says which prediction. "neutral": the original model's for a neutral prompt of the
+        same concept (``neutrals[head]``, one drawn per entry), a relabelling as in SalUn.
+        "negative_guidance": the original model's for the entry's own conditioning, moved away
+        from the concept by the concept's direction (its prediction for a concept prompt,
+        ``concepts[head]``, minus that for the neutral prompt), ESD's target with guidance 1 but
+        for whatever conditioning the bank found: the erased model should draw, for any
+        conditioning, what the base model draws for it less the concept. That direction depends on
+        the noisy sample and not on the conditioning, so a LoRA that learns it for the bank's
+        entries has a reason to carry it to conditionings the bank never held (benchmarks/notes.md
+        has what each target measured)."""
         origins, values, heads = self.draw(count)
         x0 = torch.stack([
             self.targets[head][torch.randint(0, len(self.targets[head]), (), generator=self.generator)]
@@ -122,10 +132,18 @@ class AdversarialConditionings:
         ])
         level = self.levels[torch.randint(0, len(self.levels), (count,), generator=self.generator)]
         x_t = self.adapter.add_noise(x0, torch.randn(x0.shape, generator=self.generator).to(x0.device), level)
-        anchor = Conditioning.cat([
-            anchors[head][torch.randint(0, len(anchors[head]), (1,), generator=self.generator)] for head in heads.tolist()
-        ])
+        cond = self.read(origins, values)
         with torch.no_grad(), lora_disabled(self.adapter):
-            target = self.adapter.predict_x0(x_t, level, anchor, 1.0)
-        prediction = self.adapter.predict_x0(x_t, level, self.read(origins, values), 1.0)
-        return (prediction - target).pow(2).flatten(1).sum(1).mean()
+            without = self.adapter.predict_x0(x_t, level, self._one_per_entry(neutrals, heads), 1.0)
+            if target == "negative_guidance":
+                named = self.adapter.predict_x0(x_t, level, self._one_per_entry(concepts, heads), 1.0)
+                without = self.adapter.predict_x0(x_t, level, cond, 1.0) - (named - without)
+        prediction = self.adapter.predict_x0(x_t, level, cond, 1.0)
+        return (prediction - without).pow(2).flatten(1).sum(1).mean()
+
+    def _one_per_entry(self, conditionings: list[Conditioning], heads: torch.Tensor) -> Conditioning:
+        """For each entry, one conditioning drawn from those of its head."""
+        return Conditioning.cat([
+            conditionings[head][torch.randint(0, len(conditionings[head]), (1,), generator=self.generator)]
+            for head in heads.tolist()
+        ])

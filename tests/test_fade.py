@@ -125,6 +125,48 @@ def test_the_robust_extension_attacks_between_updates_and_trains_on_its_bank(ada
     assert any(t.abs().sum() > 0 for k, t in result.lora.items() if k.endswith(".up"))
 
 
+@pytest.mark.parametrize("target", ["negative_guidance", "neutral"])
+def test_the_anchor_loss_pulls_bank_predictions_of_the_concept_to_the_base_model_without_it(adapter, target):
+    """negative_guidance: the base model's prediction for the bank's own conditioning less the
+    concept's direction (concept prompt minus neutral prompt, as ESD's target); neutral: the base
+    model's prediction for the neutral prompt. Checked on the model calls the loss makes, with a
+    LoRA that has moved, so that the erased prediction differs from the base model's."""
+    prompt_set = default_prompt_set(["eight"], num_prompts=8)
+    config = FadeConfig(steps=1, adversary_warmup=1, batch_size=4, sampling_steps=4, robust_every=1, robust_attack_steps=1,
+                        robust_warmup_steps=1, robust_bank_size=4, robust_targets=4, robust_anchor_target=target)
+    trainer = FadeTrainer(adapter, prompt_set, list(adapter.lora_candidates("cross_attention")), config)
+    with torch.no_grad():
+        for _, up, _ in adapter.lora.factors().values():
+            up.normal_(0, 0.05)
+    neutral, concept = trainer._neutral_anchors[0][[0]], trainer._concept_anchors[0][[0]]
+    calls, original = [], adapter.predict_x0
+
+    def recorded(x_t, level, cond, guidance):
+        out = original(x_t, level, cond, guidance)
+        context = cond.tensors["context"]
+        kind = ("neutral" if torch.equal(context[0], neutral.tensors["context"][0])
+                else "concept" if torch.equal(context[0], concept.tensors["context"][0]) else "bank")
+        calls.append((kind, torch.is_grad_enabled(), out.detach()))
+        return out
+
+    adapter.predict_x0 = recorded
+    try:
+        loss = trainer.adversarial.anchor_loss(3, [neutral], [concept], target)
+    finally:
+        del adapter.predict_x0
+    by_kind = {(kind, grad): out for kind, grad, out in calls}
+    erased = by_kind[("bank", True)]
+    if target == "neutral":
+        assert [kind for kind, _, _ in calls] == ["neutral", "bank"]
+        expected = by_kind[("neutral", False)]
+    else:
+        assert sorted(kind for kind, _, _ in calls) == ["bank", "bank", "concept", "neutral"]
+        base = by_kind[("bank", False)]
+        assert not torch.allclose(base, erased)  # the LoRA has moved
+        expected = base - (by_kind[("concept", False)] - by_kind[("neutral", False)])
+    assert torch.allclose(loss, (erased - expected).pow(2).flatten(1).sum(1).mean())
+
+
 def test_the_robust_attack_in_token_space_reads_its_words_through_the_text_encoder_being_trained(adapter):
     """robust_space "tokens" (AdvUnlearn's setting): the bank holds word embeddings; the slots that
     start from it are read anew by the text encoder, so its LoRA learns from them too."""
