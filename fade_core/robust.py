@@ -7,7 +7,9 @@ that brings the concept back. The extension closes that gap in the spirit of adv
 conditionings (the per-token text states that cross-attention reads, started from concept prompts
 and from the empty prompt) so that the current erased model denoises the base model's own samples
 of the concept; the trainer then starts part of its concept trajectories from the bank, so that
-L_rem and the adversary also see what the attack found.
+L_rem and the adversary also see what the attack found, and an anchor loss
+(:meth:`AdversarialConditionings.anchor_loss`) pulls what the model predicts for the concept's
+noisy samples under the bank's conditionings to a prediction of the base model without the concept.
 
 The attack uses only what a user of the base model has: the model and the prompts. Its targets are
 the base model's own samples of the concept, made once before training, never real images.
