@@ -372,7 +372,6 @@ def plot(results: dict, path: Path) -> None:
     left.set_xscale("log")
     left.set_xlabel("wall time of the erasure (s, 2 CPU cores)")
     left.set_ylabel("H (Appendix B)")
-    left.legend(fontsize=8)
     for task, rows in results["tasks"].items():
         curve = rows.get("fade", {}).get("adversary_curve") or []
         if curve:
@@ -383,7 +382,9 @@ def plot(results: dict, path: Path) -> None:
     if right.get_legend_handles_labels()[0]:
         right.legend(fontsize=8)
     figure.tight_layout()
-    atomic_write(path, lambda temporary: figure.savefig(temporary, format="png", dpi=110))
+    # Below both plots, the image grown to hold it: method names with settings are too long to sit on a plot.
+    figure.legend(*left.get_legend_handles_labels(), loc="upper center", bbox_to_anchor=(0.5, 0.0), fontsize=8, frameon=False)
+    atomic_write(path, lambda temporary: figure.savefig(temporary, format="png", dpi=110, bbox_inches="tight"))
     plt.close(figure)
 
 
