@@ -139,7 +139,9 @@ class AdversarialConditionings:
             without = self.adapter.predict_x0(x_t, level, self._one_per_entry(neutrals, heads), 1.0)
             if target == "negative_guidance":
                 named = self.adapter.predict_x0(x_t, level, self._one_per_entry(concepts, heads), 1.0)
-                without = self.adapter.predict_x0(x_t, level, cond, 1.0) - (named - without)
+                # read again with the LoRA off: in token space the base text encoder reads the words
+                own = self.adapter.predict_x0(x_t, level, self.read(origins, values), 1.0)
+                without = own - (named - without)
         prediction = self.adapter.predict_x0(x_t, level, cond, 1.0)
         return (prediction - without).pow(2).flatten(1).sum(1).mean()
 
