@@ -324,9 +324,9 @@ class FadeTrainer:
         against the base model. Its targets: the base model's own samples of each concept."""
         cfg = self.config
         generator = torch.Generator().manual_seed(cfg.seed + 2)
+        rows = [torch.nonzero(self._heads == head).flatten() for head in range(len(self.prompt_set.concepts))]
         targets = []
-        for head in range(len(self.prompt_set.concepts)):
-            mine = torch.nonzero(self._heads == head).flatten()
+        for mine in rows:
             picks = mine[torch.randint(0, len(mine), (cfg.robust_targets,), generator=generator)]
             noise = initial_noise(self.adapter, cfg.robust_targets, generator)
             with torch.no_grad():
@@ -344,8 +344,8 @@ class FadeTrainer:
         )
         bank.attack(cfg.robust_warmup_steps)
         bank.refresh = cfg.robust_refresh
-        self._neutral_anchors = [self._neutral_cond[torch.nonzero(self._heads == head).flatten()] for head in heads]
-        self._concept_anchors = [self._concept_cond[torch.nonzero(self._heads == head).flatten()] for head in heads]
+        self._neutral_anchors = [self._neutral_cond[mine] for mine in rows]
+        self._concept_anchors = [self._concept_cond[mine] for mine in rows]
         return bank
 
     # -- validation ------------------------------------------------------------------------------

@@ -91,12 +91,7 @@ class AdversarialConditionings:
         optimizer = torch.optim.Adam([soft], lr=self.learning_rate)
         loss = torch.zeros(())
         for _ in range(steps):
-            x0 = torch.stack([
-                self.targets[head][torch.randint(0, len(self.targets[head]), (), generator=self.generator)]
-                for head in self.heads.tolist()
-            ])
-            level = self.levels[torch.randint(0, len(self.levels), (self.size,), generator=self.generator)]
-            x_t = self.adapter.add_noise(x0, torch.randn(x0.shape, generator=self.generator).to(x0.device), level)
+            x0, level, x_t = self._noisy_targets(self.heads)
             cond = self.read(self.origins, soft)
             loss = noise_prediction_error(self.adapter, self.adapter.predict_x0(x_t, level, cond, 1.0), x0, level)
             (grad,) = torch.autograd.grad(loss, [soft])  # the LoRA gets no gradient from the attack
@@ -128,13 +123,7 @@ class AdversarialConditionings:
         entries has a reason to carry it to conditionings the bank never held (benchmarks/notes.md
         has what each target measured)."""
         origins, values, heads = self.draw(count)
-        x0 = torch.stack([
-            self.targets[head][torch.randint(0, len(self.targets[head]), (), generator=self.generator)]
-            for head in heads.tolist()
-        ])
-        level = self.levels[torch.randint(0, len(self.levels), (count,), generator=self.generator)]
-        x_t = self.adapter.add_noise(x0, torch.randn(x0.shape, generator=self.generator).to(x0.device), level)
-        cond = self.read(origins, values)
+        _, level, x_t = self._noisy_targets(heads)
         with torch.no_grad(), lora_disabled(self.adapter):
             without = self.adapter.predict_x0(x_t, level, self._one_per_entry(neutrals, heads), 1.0)
             if target == "negative_guidance":
@@ -142,8 +131,18 @@ class AdversarialConditionings:
                 # read again with the LoRA off: in token space the base text encoder reads the words
                 own = self.adapter.predict_x0(x_t, level, self.read(origins, values), 1.0)
                 without = own - (named - without)
-        prediction = self.adapter.predict_x0(x_t, level, cond, 1.0)
+        prediction = self.adapter.predict_x0(x_t, level, self.read(origins, values), 1.0)
         return (prediction - without).pow(2).flatten(1).sum(1).mean()
+
+    def _noisy_targets(self, heads: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """For each entry, one of its head's targets, a noise level of the schedule, and the target
+        noised to it."""
+        x0 = torch.stack([
+            self.targets[head][torch.randint(0, len(self.targets[head]), (), generator=self.generator)]
+            for head in heads.tolist()
+        ])
+        level = self.levels[torch.randint(0, len(self.levels), (len(heads),), generator=self.generator)]
+        return x0, level, self.adapter.add_noise(x0, torch.randn(x0.shape, generator=self.generator).to(x0.device), level)
 
     def _one_per_entry(self, conditionings: list[Conditioning], heads: torch.Tensor) -> Conditioning:
         """For each entry, one conditioning drawn from those of its head."""
