@@ -9,7 +9,7 @@ Methods are spelled as in the benchmark (``fade-robust@robust_attack_steps=30``)
 context Acc and the FID-proxy are measured as the benchmark does (seed 0, 100 images); attack seed
 s uses seeds s, s + 1 and s + 2 for its minibatches, its screening and its final generations, so the
 attack seeds given should lie at least 3 apart. Each (method, training seed) is kept in
-benchmarks/runs/ and reused; the results go to benchmarks/seed_spread.json.
+benchmarks/runs/ and reused; the results go to benchmarks/seed_spread_<task>.json.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def main() -> int:
             print(f"[{count}/{len(pending)}] {job[0]} seed {job[1]}: {json.dumps(done[job])}", flush=True)
     results = {"task": args.task, "settings": settings,
                "methods": {m: {str(s): done[(m, s)] for s in train_seeds} for m in methods}}
-    path = ROOT / "benchmarks" / "seed_spread.json"
+    path = ROOT / "benchmarks" / f"seed_spread_{args.task}.json"
     atomic_write(path, lambda temporary: temporary.write_text(json.dumps(results, indent=1) + "\n"))
     print(table(results))
     print(f"results: {path}")

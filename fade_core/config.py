@@ -62,7 +62,8 @@ class FadeConfig:
     robust_share: float = 0.5  # share of concept trajectories started from the bank
     robust_refresh: float = 0.25  # share of the bank started afresh every round
     # 0.1: on five, with the negative-guidance anchor, 1e-2 left the soft-prompt attack at 99 %, 3e-2 at 91 %,
-    # 0.1 at 74 %, 0.3 at 91 % (benchmarks/notes.md): the bank must reach as far as an attack does
+    # 0.1 at 74 %, 0.3 at 91 % (benchmarks/notes.md; one training seed each, and the training seed alone
+    # moves that figure by tens of points: benchmarks/seed_spread.py): the bank must reach as far as an attack does
     robust_attack_lr: float = 0.1
     # where the inner attack searches: "context", the text states cross-attention reads, or
     # "tokens", the input embeddings of the prompt's words through the current text encoder
