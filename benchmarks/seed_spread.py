@@ -65,10 +65,6 @@ def measure(task: str, method: str, train_seed: int, attack_seeds: list[int], im
         }
 
 
-def _path(task: str, method: str, train_seed: int) -> Path:
-    return RUNS / f"seed_spread__{task}__{method.replace('@', '_at_').replace('=', '-')}__{train_seed}.json"
-
-
 def table(results: dict) -> str:
     rows = []
     for method, by_seed in results["methods"].items():
@@ -106,12 +102,11 @@ def main() -> int:
     if len(attack_seeds) * len(train_seeds) < 2:
         parser.error("give at least two seeds in all: a spread needs two measurements")
     settings = {"images": args.images, "attack_steps": args.attack_steps, "attack_seeds": attack_seeds}
+    from fade_core.bench import save_row, saved_row  # after the argument checks: it imports torch
+
     jobs = [(m, s) for m in methods for s in train_seeds]
-    done = {}
-    for job in jobs:
-        path = _path(args.task, *job)
-        if path.is_file() and (saved := json.loads(path.read_text())).get("settings") == settings:
-            done[job] = saved["row"]
+    kept = lambda job: ("seed_spread", args.task, job[0], str(job[1]))  # noqa: E731
+    done = {job: row for job in jobs if (row := saved_row(RUNS, kept(job), settings)) is not None}
     pending = [job for job in jobs if job not in done]
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=max(1, args.workers), mp_context=context, max_tasks_per_child=1) as pool:
@@ -119,8 +114,7 @@ def main() -> int:
         for count, future in enumerate(as_completed(futures), 1):
             job = futures[future]
             done[job] = future.result()
-            RUNS.mkdir(parents=True, exist_ok=True)
-            atomic_write(_path(args.task, *job), lambda t: t.write_text(json.dumps({"settings": settings, "row": done[job]}) + "\n"))
+            save_row(RUNS, kept(job), settings, done[job])
             print(f"[{count}/{len(pending)}] {job[0]} seed {job[1]}: {json.dumps(done[job])}", flush=True)
     results = {"task": args.task, "settings": settings,
                "methods": {m: {str(s): done[(m, s)] for s in train_seeds} for m in methods}}

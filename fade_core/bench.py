@@ -236,7 +236,7 @@ def run(tasks, methods, *, images: int = 200, attack_steps: int = 300, seed: int
     rows: dict[tuple[str, str], dict] = {}
     pending = []
     for job in jobs:
-        saved = _saved_row(runs_dir, job, settings)
+        saved = saved_row(runs_dir, job, settings)
         if saved is not None:
             rows[job] = saved
             log(f"{job[0]:16s} {job[1]:26s} reused from {runs_dir}")
@@ -250,7 +250,7 @@ def run(tasks, methods, *, images: int = 200, attack_steps: int = 300, seed: int
         for done, future in enumerate(as_completed(futures), 1):
             job = futures[future]
             rows[job] = future.result()
-            _save_row(runs_dir, job, settings, rows[job])
+            save_row(runs_dir, job, settings, rows[job])
             log(f"[{done}/{len(pending)}] {job[0]:16s} {job[1]:26s} " + " ".join(
                 f"{k} {v:.3f}" for k, v in rows[job].items() if isinstance(v, float)))
     results = {"tasks": {}, "settings": settings | {"workers": workers}}
@@ -261,18 +261,20 @@ def run(tasks, methods, *, images: int = 200, attack_steps: int = 300, seed: int
     return results
 
 
-def _row_path(runs_dir: Path, job: tuple[str, str]) -> Path:
-    return runs_dir / f"{job[0]}__{job[1].replace('@', '_at_').replace('=', '-').replace(',', '_')}.json"
+def _row_path(runs_dir: Path, job: tuple[str, ...]) -> Path:
+    return runs_dir / ("__".join(part.replace("@", "_at_").replace("=", "-").replace(",", "_") for part in job) + ".json")
 
 
-def _saved_row(runs_dir: Path | None, job, settings) -> dict | None:
+def saved_row(runs_dir: Path | None, job: tuple[str, ...], settings: dict) -> dict | None:
+    """The row kept for ``job`` (its name parts, such as (task, method)) if it was measured with
+    ``settings``; None otherwise."""
     if runs_dir is None or not _row_path(runs_dir, job).is_file():
         return None
     saved = json.loads(_row_path(runs_dir, job).read_text())
     return saved["row"] if saved.get("settings") == settings else None
 
 
-def _save_row(runs_dir: Path | None, job, settings, row) -> None:
+def save_row(runs_dir: Path | None, job: tuple[str, ...], settings: dict, row: dict) -> None:
     if runs_dir is not None:
         runs_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(_row_path(runs_dir, job), lambda t: t.write_text(json.dumps({"settings": settings, "row": row}) + "\n"))
