@@ -9,7 +9,8 @@ Methods are spelled as in the benchmark (``fade-robust@robust_attack_steps=30``)
 context Acc and the FID-proxy are measured as the benchmark does (seed 0, 100 images); attack seed
 s uses seeds s, s + 1 and s + 2 for its minibatches, its screening and its final generations, so the
 attack seeds given should lie at least 3 apart. Each (method, training seed) is kept in
-benchmarks/runs/ and reused; the results go to benchmarks/seed_spread_<task>.json.
+benchmarks/runs/ and reused; the results go to benchmarks/seed_spread_<task>.json, which keeps the
+other methods and training seeds that earlier runs with the same settings measured.
 """
 
 from __future__ import annotations
@@ -102,6 +103,13 @@ def main() -> int:
     if len(attack_seeds) * len(train_seeds) < 2:
         parser.error("give at least two seeds in all: a spread needs two measurements")
     settings = {"images": args.images, "attack_steps": args.attack_steps, "attack_seeds": attack_seeds}
+    # Earlier runs' methods stay in the results file, so that one table compares them all.
+    path = ROOT / "benchmarks" / f"seed_spread_{args.task}.json"
+    earlier = json.loads(path.read_text()) if path.is_file() else {"settings": settings}
+    if earlier.get("settings") != settings:
+        parser.error(f"{path} holds results measured with other settings ({earlier.get('settings')}); "
+                     "give the same --images, --attack-steps and --attack-seeds, or move that file aside")
+    kept_methods = earlier.get("methods", {})
     from fade_core.bench import save_row, saved_row  # after the argument checks: it imports torch
 
     jobs = [(m, s) for m in methods for s in train_seeds]
@@ -116,9 +124,9 @@ def main() -> int:
             done[job] = future.result()
             save_row(RUNS, kept(job), settings, done[job])
             print(f"[{count}/{len(pending)}] {job[0]} seed {job[1]}: {json.dumps(done[job])}", flush=True)
-    results = {"task": args.task, "settings": settings,
-               "methods": {m: {str(s): done[(m, s)] for s in train_seeds} for m in methods}}
-    path = ROOT / "benchmarks" / f"seed_spread_{args.task}.json"
+    for m in methods:
+        kept_methods[m] = kept_methods.get(m, {}) | {str(s): done[(m, s)] for s in train_seeds}
+    results = {"task": args.task, "settings": settings, "methods": kept_methods}
     atomic_write(path, lambda temporary: temporary.write_text(json.dumps(results, indent=1) + "\n"))
     print(table(results))
     print(f"results: {path}")

@@ -54,9 +54,12 @@ class FadeConfig:
     robust_every: int = setting(
         0, "--robust-every",
         "every N LoRA updates an inner attack looks for soft prompts that bring the concept back, and L_rem also "
-        "trains on them (0: off, the default; README: How robust is the erasure)",
+        "trains on them (0: off, the default; the benchmark's fade-robust: 10, with --batch-size 24 --t0 1.0 --family all; "
+        "README: How robust is the erasure)",
     )
-    robust_attack_steps: int = 10  # Adam steps of each round
+    # 30: rounds of 10 left the soft-prompt attack at 36-83 % on the single digits, rounds of 30 (with a
+    # batch of 24 and t0_fraction 1.0, the benchmark's fade-robust) at 5-58 % (benchmarks/notes.md)
+    robust_attack_steps: int = 30  # Adam steps of each round
     robust_warmup_steps: int = 50  # Adam steps of the first round, against the base model
     robust_bank_size: int = 16  # soft conditionings kept
     robust_share: float = 0.5  # share of concept trajectories started from the bank

@@ -34,3 +34,15 @@ def test_bad_arguments_are_refused_before_any_work(monkeypatch, capsys, argument
     with pytest.raises(SystemExit) as exit_:
         seed_spread.main()
     assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_results_measured_with_other_settings_are_not_overwritten(monkeypatch, capsys, tmp_path):
+    (tmp_path / "benchmarks").mkdir()
+    earlier = tmp_path / "benchmarks" / "seed_spread_five.json"
+    earlier.write_text('{"task": "five", "settings": {"images": 100, "attack_steps": 300, "attack_seeds": [0, 10, 20]}, "methods": {}}\n')
+    monkeypatch.setattr(seed_spread, "ROOT", tmp_path)
+    monkeypatch.setattr(sys, "argv", ["seed_spread.py", "--task", "five", "--images", "50"])
+    with pytest.raises(SystemExit) as exit_:
+        seed_spread.main()
+    assert exit_.value.code == 2 and "other settings" in capsys.readouterr().err
+    assert '"images": 100' in earlier.read_text()
