@@ -125,6 +125,19 @@ def test_the_robust_extension_attacks_between_updates_and_trains_on_its_bank(ada
     assert any(t.abs().sum() > 0 for k, t in result.lora.items() if k.endswith(".up"))
 
 
+@pytest.mark.parametrize("robust_every", [0, 1])
+def test_plain_fade_stops_at_chance_and_the_robust_extension_takes_every_step(adapter, robust_every):
+    """stop_accuracy 1.0 counts every validation as chance: plain FADE stops after stop_patience
+    validations, a robust run goes on, since D at chance says nothing of what the inner attack finds."""
+    prompt_set = default_prompt_set(["eight"], num_prompts=8)
+    modules = list(adapter.lora_candidates("cross_attention"))
+    config = FadeConfig(steps=3, adversary_warmup=1, batch_size=4, validate_every=1, sampling_steps=4, stop_accuracy=1.0,
+                        stop_patience=1, robust_every=robust_every, robust_attack_steps=1, robust_warmup_steps=1,
+                        robust_bank_size=4, robust_targets=4)
+    result = FadeTrainer(adapter, prompt_set, modules, config).run()
+    assert (result.steps_done, result.stopped_at_chance) == ((1, True) if robust_every == 0 else (3, False))
+
+
 @pytest.mark.parametrize("target", ["negative_guidance", "neutral"])
 def test_the_anchor_loss_pulls_bank_predictions_of_the_concept_to_the_base_model_without_it(adapter, target):
     """negative_guidance: the base model's prediction for the bank's own conditioning less the
