@@ -40,7 +40,7 @@ class FADETrainEraser(io.ComfyNode):
                 PromptSetType.Input("prompt_set"),
                 SaliencyType.Input("saliency"),
                 io.Int.Input("steps", default=DEFAULTS.steps, min=1, max=100000,
-                             tooltip="LoRA updates after the adversary's warm-up; training stops earlier once the adversary is at chance."),
+                             tooltip="LoRA updates after the adversary's warm-up; plain FADE stops earlier once the adversary is at chance, a robust run (robust_every > 0) takes them all."),
                 io.Int.Input("adversary_warmup", default=DEFAULTS.adversary_warmup, min=0, max=10000,
                              tooltip="Adversary updates on the base model's own samples before the LoRA moves."),
                 io.Float.Input("learning_rate", default=1e-4, min=1e-6, max=1e-1, step=1e-5,
