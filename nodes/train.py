@@ -66,7 +66,7 @@ class FADETrainEraser(io.ComfyNode):
                 io.Boolean.Input("gradient_checkpointing", default=False,
                                  tooltip="Recompute each UNet/transformer block's activations in backward instead of keeping them: SD1.5 at 512 px: a step adds 2.2 instead of 6.6 GiB, and takes about 40 % longer (README, 'Memory and time at full size')."),
                 io.Int.Input("robust_every", default=DEFAULTS.robust_every, min=0, max=10000,
-                             tooltip="Robust erasure: every N LoRA updates an inner attack looks for soft prompts that bring the concept back, and the LoRA also learns to erase from them. 0: off (the default). The measured setting: 10, with batch_size doubled, t0_fraction 1.0 and the saliency family 'all'; about 2-5x the time. See the README's 'How robust is the erasure'."),
+                             tooltip="Robust erasure: every N LoRA updates an inner attack looks for soft prompts that bring the concept back, and the LoRA also learns to erase from them. 0: off (the default). The measured setting: 10, with batch_size doubled, t0_fraction 1.0 and the saliency family 'all'; it takes all its steps (no early stop at chance), about 4-13x plain FADE's time. See the README's 'How robust is the erasure'."),
                 io.Int.Input("audit_samples", default=DEFAULTS.audit_samples, min=4, max=4096,
                              tooltip="Generations of each class (concept, neutral) for the audit after training: a fresh adversary learns on half and is judged on the other half. Its accuracy and 95 % interval go into the LoRA's metadata."),
                 io.String.Input("filename_prefix", default="fade/erased",
