@@ -59,7 +59,7 @@ class FadeConfig:
     )
     # 30: in the benchmark's rows rounds of 10 left the soft-prompt attack at 36-83 % on the single digits,
     # rounds of 30 (with a batch of 24 and t0_fraction 1.0, its fade-robust) at 5-46 %; one training seed
-    # each, and on five seeds 1 and 2 gave 0 and 98 % (benchmarks/notes.md)
+    # each; over training seeds 0-2 on five (all updates taken) 29-36, 0-3 and 8-19 % (benchmarks/notes.md)
     robust_attack_steps: int = 30  # Adam steps of each round
     robust_warmup_steps: int = 50  # Adam steps of the first round, against the base model
     robust_bank_size: int = 16  # soft conditionings kept
