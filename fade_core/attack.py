@@ -103,7 +103,8 @@ def embedding_attack(
                 x0.append(real_samples[torch.randint(0, len(real_samples), (batch_size,), generator=generator)])
                 level.append(levels[torch.randint(0, sampling_steps, (batch_size,), generator=generator)])
                 noise.append(torch.randn(x0[-1].shape, generator=generator))
-            x0, level, noise = torch.cat(x0), torch.cat(level), torch.cat(noise)
+            # drawn on the CPU (the generators'), computed on the model's device
+            x0, level, noise = torch.cat(x0).to(adapter.device), torch.cat(level), torch.cat(noise).to(adapter.device)
             tensors = {k: v.repeat_interleave(batch_size, dim=0) for k, v in cond.tensors.items()}
             tensors[adapter.context_key] = context().repeat_interleave(batch_size, dim=0)
             prediction = adapter.predict_x0(adapter.add_noise(x0, noise, level), level, Conditioning(tensors), 1.0)

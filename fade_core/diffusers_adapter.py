@@ -78,27 +78,29 @@ class DiffusersAdapter(DenoiserAdapter):
     def null_conditioning(self) -> Conditioning:
         if self._null is None:
             self._null = self.encode([""])
-        return self._null
+        return self._null.to(self.device)  # the model may have moved since
 
     def noise_levels(self, num_steps: int) -> torch.Tensor:
         last = len(self.alphas_cumprod) - 1
         return torch.linspace(last, 0, num_steps).round().long()
 
     def signal_noise(self, level: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        alpha_bar = self.alphas_cumprod[torch.as_tensor(level).long()]
+        alpha_bar = self.alphas_cumprod[torch.as_tensor(level).long().to(self.alphas_cumprod.device)]
         return alpha_bar.sqrt().float(), (1.0 - alpha_bar).sqrt().float()
 
     def predict_x0(
         self, x_t: torch.Tensor, level: torch.Tensor, cond: Conditioning, guidance: float
     ) -> torch.Tensor:
         context = cond.tensors["context"]
+        # the schedule's levels come from the CPU; the UNet embeds them on the sample's device
         level = torch.as_tensor(level).long().expand(x_t.shape[0])
+        timesteps = level.to(x_t.device)
         if guidance == 1.0:
-            output = self.unet(x_t, level, encoder_hidden_states=context).sample
+            output = self.unet(x_t, timesteps, encoder_hidden_states=context).sample
         else:
             null = self.null_conditioning().tensors["context"].expand_as(context)
             both = self.unet(
-                torch.cat([x_t, x_t]), torch.cat([level, level]), encoder_hidden_states=torch.cat([context, null])
+                torch.cat([x_t, x_t]), torch.cat([timesteps, timesteps]), encoder_hidden_states=torch.cat([context, null])
             ).sample
             conditional, unconditional = both.chunk(2)
             output = unconditional + guidance * (conditional - unconditional)

@@ -64,6 +64,9 @@ class StepReport:
     loss_removal: float | None = None
     loss_preservation: float | None = None
     validation_accuracy: float | None = None  # on validation pairs, when measured this step
+    # robust extension: the inner attack's last loss, in the steps that ran a round (lower: the
+    # bank's conditionings denoise the concept's samples better, the attack is closer to success)
+    attack_loss: float | None = None
     elapsed: float = 0.0
 
 
@@ -186,9 +189,11 @@ class FadeTrainer:
         # inner attack still finds (five, training seed 2: the soft prompt at 96 % when stopped at
         # chance, 12 % after all 600 updates; benchmarks/notes.md).
         for steps_done in range(1, cfg.steps + 1):
+            attack_loss = None
             if self.adversarial is not None and steps_done % cfg.robust_every == 0:
-                self.adversarial.attack(cfg.robust_attack_steps)  # robust extension
+                attack_loss = self.adversarial.attack(cfg.robust_attack_steps)  # robust extension
             report = self._step(cfg.adversary_warmup + steps_done, training=True)
+            report.attack_loss = attack_loss
             self.steps_done = steps_done
             if steps_done % cfg.validate_every == 0 or steps_done == cfg.steps:
                 validation_accuracy = report.validation_accuracy = self.validation_accuracy()
@@ -242,9 +247,10 @@ class FadeTrainer:
                 loss_removal = F.softplus(logits).mean()  # -log(1 - sigmoid(logit))
             else:  # the ablation's surrogate: pull x_c onto its neutral twin
                 loss_removal = (x_c - x_notc.detach()).pow(2).flatten(1).mean(1).mean()
-            early = (steps < self.preserved_steps).to(self.device)
+            early = steps < self.preserved_steps  # on the CPU, as the schedule's levels
+            on_device = early.to(self.device)
             loss_preservation = preservation_loss(
-                self.adapter, x_notc[early], neutral_state[early], levels[early], original_neutral[early], cfg.guidance
+                self.adapter, x_notc[on_device], neutral_state[on_device], levels[early], original_neutral[on_device], cfg.guidance
             )
             loss = loss_removal + cfg.preservation_weight * loss_preservation
             if self.adversarial is not None and cfg.robust_anchor_weight > 0:  # robust extension

@@ -120,6 +120,7 @@ def test_the_robust_extension_attacks_between_updates_and_trains_on_its_bank(ada
     bank.attack = lambda steps: calls.append(steps) or original(steps)
     result = trainer.run()
     assert calls == [2, 2]  # after updates 2 and 4
+    assert [r.step - config.adversary_warmup for r in result.history if r.attack_loss is not None] == [2, 4]
     assert not torch.equal(bank.values, warmed)  # the attack moved the bank
     assert result.steps_done == 4 and all(torch.isfinite(t).all() for t in result.lora.values())
     assert any(t.abs().sum() > 0 for k, t in result.lora.items() if k.endswith(".up"))

@@ -65,7 +65,7 @@ def edit_uce(
     neutral = _token_matrix(adapter, [p.neutral_prompt for p in pairs])
     preserve = _token_matrix(adapter, list(preserve_prompts)) if preserve_prompts else concept[:, :0]
     dim = concept.shape[0]
-    gram = concept @ concept.T + cfg.preserve_weight * preserve @ preserve.T + cfg.regularisation * torch.eye(dim, dtype=torch.float64)
+    gram = concept @ concept.T + cfg.preserve_weight * preserve @ preserve.T + cfg.regularisation * torch.eye(dim, dtype=torch.float64, device=concept.device)
     deltas = {}
     for name in names:
         weight = modules[name].weight.detach().double()

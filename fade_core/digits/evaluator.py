@@ -35,8 +35,9 @@ class DigitStyleEvaluator(nn.Module):
         self.style_head = nn.Linear(self.feature_dim, len(STYLE_NAMES))
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """Images in the model's [-1, 1] range, shape (N, 1, 8, 8)."""
-        return self.trunk(images)
+        """Images in the model's [-1, 1] range, shape (N, 1, 8, 8), on any device (the evaluator
+        stays where it was loaded)."""
+        return self.trunk(images.to(self.digit_head.weight.device))
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feats = self.features(images)
