@@ -39,7 +39,7 @@ from .digits.judge import DigitsJudge, default_prompt_set
 from .digits.model import load_adapter, make_adapter, model_state_for_file, pipeline_from_state
 from .digits.train import GENERATOR_STEPS, train_generator
 from .errors import FadeInputError
-from .fade import FadeConfig, FadeTrainer
+from .fade import FadeConfig, FadeTrainer, StepReport
 from .files import atomic_write
 from .metrics import erasure_score
 from .report import markdown_table
@@ -114,9 +114,11 @@ def discrete_vocabulary() -> list[str]:
     return sorted({w.strip(",.:()-") for t in texts for w in t.replace("{d}", " ").replace("{s}", " ").split()} - {""})
 
 
-def erase(method: str, concepts: list[str], seed: int) -> tuple[DenoiserAdapter, Callable, list]:
+def erase(method: str, concepts: list[str], seed: int,
+          on_step: Callable[[DenoiserAdapter, StepReport], None] | None = None) -> tuple[DenoiserAdapter, Callable, list]:
     """Erases the concepts with the method; returns the erased adapter, a context manager that puts
-    the edit in place while it is measured, and FADE's adversary curve."""
+    the edit in place while it is measured, and FADE's adversary curve. A FADE method calls
+    ``on_step(adapter, report)`` after each step, with the LoRA in place (to measure along the way)."""
     name, settings = method_name(method), method_settings(method)
     if name == "retrained":
         if set(settings) - {"steps"}:
@@ -143,7 +145,8 @@ def erase(method: str, concepts: list[str], seed: int) -> tuple[DenoiserAdapter,
             raise FadeInputError(f"method {method!r}: FADE has no setting {key!r}; use a FadeConfig field such as steps")
         setattr(config, key, value)
     config.check()
-    result = FadeTrainer(adapter, prompt_set, modules, config).run()
+    callback = None if on_step is None else lambda report: on_step(adapter, report)
+    result = FadeTrainer(adapter, prompt_set, modules, config, callback=callback).run()
     curve = [(r.step, r.validation_accuracy) for r in result.history if r.validation_accuracy is not None]
     return adapter, contextlib.nullcontext, curve
 

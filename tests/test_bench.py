@@ -51,3 +51,18 @@ def test_the_retrained_reference_runs_on_the_tuning_task_only_by_default():
     assert "retrained" not in DEFAULT_METHODS and "retrained" in METHODS
     assert not any(method == "retrained" for _, method in jobs_for(DEFAULT_TASKS, DEFAULT_METHODS, tuning=False))
     assert _bench_methods("retrained,fade") == ["retrained", "fade"]
+
+
+def test_erase_lets_a_caller_measure_the_model_at_every_step():
+    """bench.erase's on_step sees the erased adapter after each step, its LoRA in place (what
+    benchmarks/robust_curve.py measures at its checkpoints)."""
+    from fade_core.bench import erase
+
+    seen = []
+
+    def on_step(adapter, report):
+        ups = [up for _, up, _ in adapter.lora.factors().values()]
+        seen.append((report.phase, any(up.abs().sum() > 0 for up in ups)))
+
+    erase("fade@steps=2:adversary_warmup=1:batch_size=4:validate_every=2:stop_patience=10", ["eight"], 0, on_step=on_step)
+    assert seen == [("warmup", False), ("train", True), ("train", True)]

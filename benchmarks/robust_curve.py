@@ -1,0 +1,128 @@
+"""How the erasure under attack moves while a robust run trains: one erasure, measured at checkpoints.
+
+    python benchmarks/robust_curve.py --task five --method fade-robust --train-seed 2
+
+At each checkpoint (LoRA updates) the erased model as it is then is measured as the benchmark
+measures it (trained Acc, other concepts, FID-proxy; 100 images, judge seed 0) and attacked twice
+with the soft-prompt (embedding) attack, 300 steps from the concept's three starting prompts
+(attack seed 0): once on real images of the concept, as the benchmark attacks, and once on the
+base model's own samples of it (what a user of the base model has, and what the inner attack
+targets; 64 samples from the starting prompts, made before the LoRA moves). The run itself is the
+benchmark's (``bench.erase``): measuring draws no random numbers of the training's, so the last
+checkpoint is the benchmark's row for that seed. Per step it records D's batch accuracy, D's
+validation accuracy and the inner attack's loss, the signals a stopping rule could use.
+
+Results go to benchmarks/robust_curve_<task>.json (other methods and seeds measured before are kept)
+and a table is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from fade_core.bench_tasks import METHODS, method_name, task_concepts  # noqa: E402
+from fade_core.files import atomic_write  # noqa: E402
+from fade_core.report import markdown_table  # noqa: E402
+
+CHECKPOINTS = "50,100,150,200,250,300,400,500,600"
+BASE_SAMPLES_PER_PROMPT = 22  # x 3 starting prompts: 66 samples
+
+
+def measure(task: str, method: str, train_seed: int, checkpoints: set[int], images: int, attack_steps: int) -> dict:
+    import torch
+
+    from fade_core import bench
+    from fade_core.digits import attacks
+    from fade_core.digits.judge import DigitsJudge
+    from fade_core.digits.model import DEFAULT_GUIDANCE, DEFAULT_SAMPLING_STEPS
+    from fade_core.sampling import generate
+
+    torch.set_num_threads(1)
+    torch.manual_seed(train_seed)
+    concepts = task_concepts(task)
+    judge = DigitsJudge(concept_images=images, other_images=max(images, 30), seed=0)
+    steps, checks, base_samples = [], [], {}
+    measuring = 0.0
+
+    def on_step(adapter, report):
+        nonlocal measuring
+        if not base_samples:  # the first step: the LoRA has not moved yet
+            for c in concepts:
+                prompts = [p for p in attacks.starting_prompts(c) for _ in range(BASE_SAMPLES_PER_PROMPT)]
+                base_samples[c] = generate(adapter, prompts, seed=1000 + train_seed, num_steps=DEFAULT_SAMPLING_STEPS,
+                                           guidance=DEFAULT_GUIDANCE)
+        if report.phase != "train":
+            return
+        update = len(steps) + 1
+        steps.append({"update": update, "adversary_accuracy": report.adversary_accuracy,
+                      "validation_accuracy": report.validation_accuracy, "attack_loss": report.attack_loss})
+        if update not in checkpoints:
+            return
+        started = time.perf_counter()
+        scores = judge.measure(adapter, concepts)
+        real = [attacks.embedding_attack_accuracy(adapter, c, steps=attack_steps, images=images, seed=0).acc for c in concepts]
+        own = [attacks.embedding_attack_accuracy(adapter, c, real_samples=base_samples[c], steps=attack_steps, images=images,
+                                                 seed=0).acc for c in concepts]
+        checks.append({"update": update, "acc_trained": scores.acc_concept, "acc_other": scores.acc_other,
+                       "fid_proxy": scores.fid_proxy, "soft_real": sum(real) / len(real), "soft_own": sum(own) / len(own)})
+        measuring += time.perf_counter() - started
+        print(f"{task} {method} seed {train_seed} update {update}: " + json.dumps(checks[-1]), flush=True)
+
+    started = time.perf_counter()
+    bench.erase(method, concepts, train_seed, on_step=on_step)
+    return {"checks": checks, "steps": steps, "train_seconds": time.perf_counter() - started - measuring}
+
+
+def table(results: dict) -> str:
+    rows = []
+    for method, by_seed in results["methods"].items():
+        for seed, run in by_seed.items():
+            for c in run["checks"]:
+                rows.append([method, seed, str(c["update"]), f"{100 * c['acc_trained']:.0f}", f"{100 * c['acc_other']:.0f}",
+                             f"{c['fid_proxy']:.1f}", f"{100 * c['soft_real']:.0f}", f"{100 * c['soft_own']:.0f}"])
+    header = ["method", "training seed", "LoRA updates", "trained %", "other %", "FID-proxy",
+              "soft prompt, real images %", "soft prompt, base samples %"]
+    return markdown_table(header, rows)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", default="five")
+    parser.add_argument("--method", default="fade-robust", help="a benchmark method, such as fade-robust")
+    parser.add_argument("--train-seed", type=int, default=0)
+    parser.add_argument("--checkpoints", default=CHECKPOINTS, help="LoRA updates to measure at, comma-separated")
+    parser.add_argument("--images", type=int, default=100)
+    parser.add_argument("--attack-steps", type=int, default=300)
+    args = parser.parse_args()
+    if not method_name(args.method).startswith("fade") or method_name(args.method) not in METHODS:
+        parser.error(f"--method {args.method!r}: use a FADE method of the benchmark, such as fade-robust")
+    try:
+        checkpoints = {int(s) for s in args.checkpoints.split(",")}
+    except ValueError:
+        parser.error("--checkpoints is a comma-separated list of whole numbers, such as 100,200,300")
+    settings = {"images": args.images, "attack_steps": args.attack_steps}
+    path = ROOT / "benchmarks" / f"robust_curve_{args.task}.json"
+    earlier = json.loads(path.read_text()) if path.is_file() else {"settings": settings, "methods": {}}
+    if earlier.get("settings") != settings:
+        parser.error(f"{path} holds results measured with other settings ({earlier.get('settings')}); "
+                     "give the same --images and --attack-steps, or move that file aside")
+    run = measure(args.task, args.method, args.train_seed, checkpoints, args.images, args.attack_steps)
+    # read again before writing: another run for the same task may have finished meanwhile
+    latest = json.loads(path.read_text()) if path.is_file() else earlier
+    latest.setdefault("methods", {}).setdefault(args.method, {})[str(args.train_seed)] = run
+    latest |= {"task": args.task, "settings": settings}
+    atomic_write(path, lambda temporary: temporary.write_text(json.dumps(latest, indent=1) + "\n"))
+    print(table(latest))
+    print(f"results: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
