@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fade_core.bench_tasks import METHODS, method_name, task_concepts  # noqa: E402
-from fade_core.files import atomic_write  # noqa: E402
+from fade_core.files import update_json  # noqa: E402
 from fade_core.report import markdown_table  # noqa: E402
 
 CHECKPOINTS = "50,100,150,200,250,300,400,500,600"
@@ -114,12 +114,12 @@ def main() -> int:
         parser.error(f"{path} holds results measured with other settings ({earlier.get('settings')}); "
                      "give the same --images and --attack-steps, or move that file aside")
     run = measure(args.task, args.method, args.train_seed, checkpoints, args.images, args.attack_steps)
-    # read again before writing: another run for the same task may have finished meanwhile
-    latest = json.loads(path.read_text()) if path.is_file() else earlier
-    latest.setdefault("methods", {}).setdefault(args.method, {})[str(args.train_seed)] = run
-    latest |= {"task": args.task, "settings": settings}
-    atomic_write(path, lambda temporary: temporary.write_text(json.dumps(latest, indent=1) + "\n"))
-    print(table(latest))
+
+    def add_run(latest: dict) -> dict:  # as the file is now: another run for the task may have finished meanwhile
+        latest.setdefault("methods", {}).setdefault(args.method, {})[str(args.train_seed)] = run
+        return latest | {"task": args.task, "settings": settings}
+
+    print(table(update_json(path, add_run)))
     print(f"results: {path}")
     return 0
 

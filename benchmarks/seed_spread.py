@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fade_core.bench_tasks import METHODS, method_name, task_concepts  # noqa: E402
-from fade_core.files import atomic_write  # noqa: E402
+from fade_core.files import update_json  # noqa: E402
 from fade_core.report import markdown_table  # noqa: E402
 
 RUNS = ROOT / "benchmarks" / "runs"
@@ -109,7 +109,6 @@ def main() -> int:
     if earlier.get("settings") != settings:
         parser.error(f"{path} holds results measured with other settings ({earlier.get('settings')}); "
                      "give the same --images, --attack-steps and --attack-seeds, or move that file aside")
-    kept_methods = earlier.get("methods", {})
     from fade_core.bench import save_row, saved_row  # after the argument checks: it imports torch
 
     jobs = [(m, s) for m in methods for s in train_seeds]
@@ -124,11 +123,14 @@ def main() -> int:
             done[job] = future.result()
             save_row(RUNS, kept(job), settings, done[job])
             print(f"[{count}/{len(pending)}] {job[0]} seed {job[1]}: {json.dumps(done[job])}", flush=True)
-    for m in methods:
-        kept_methods[m] = kept_methods.get(m, {}) | {str(s): done[(m, s)] for s in train_seeds}
-    results = {"task": args.task, "settings": settings, "methods": kept_methods}
-    atomic_write(path, lambda temporary: temporary.write_text(json.dumps(results, indent=1) + "\n"))
-    print(table(results))
+
+    def add_runs(latest: dict) -> dict:  # as the file is now: another run for the task may have finished meanwhile
+        by_method = latest.get("methods", {})
+        for m in methods:
+            by_method[m] = by_method.get(m, {}) | {str(s): done[(m, s)] for s in train_seeds}
+        return {"task": args.task, "settings": settings, "methods": by_method}
+
+    print(table(update_json(path, add_runs)))
     print(f"results: {path}")
     return 0
 

@@ -108,6 +108,25 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], *, replace: bo
     return path
 
 
+def update_json(path: str | Path, change: Callable[[dict], dict]) -> dict:
+    """Reads the JSON object at ``path`` ({} if there is none), writes ``change(it)`` back atomically
+    and returns it. Two processes updating the same file take turns (a lock beside it, where the
+    system has ``fcntl``), so that neither drops what the other wrote since it started."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        try:
+            import fcntl
+        except ImportError:  # Windows: no lock; the read just before the write keeps the window small
+            fcntl = None
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        current = json.loads(path.read_text()) if path.is_file() else {}
+        updated = change(current)
+        atomic_write(path, lambda temporary: temporary.write_text(json.dumps(updated, indent=1) + "\n"))
+    return updated
+
+
 def save_safetensors(
     tensors: Mapping[str, torch.Tensor], path: str | Path, metadata: Mapping[str, str] | None = None, *, replace: bool = True
 ) -> Path:

@@ -1,3 +1,4 @@
+import json
 import pickle
 
 import pytest
@@ -41,3 +42,36 @@ def test_only_safetensors_are_loaded(tmp_path):
         load_safetensors(pickled)
     with pytest.raises(FadeInputError, match="no such file"):
         load_safetensors(tmp_path / "missing.safetensors")
+
+
+def _add_keys(path, prefix, count):
+    import time
+
+    from fade_core.files import update_json
+
+    def add(current, key, value):
+        time.sleep(0.01)  # a slow update: without the lock the two processes would overwrite each other
+        return current | {key: value}
+
+    for i in range(count):
+        update_json(path, lambda current, key=f"{prefix}{i}", value=i: add(current, key, value))
+
+
+def test_update_json_keeps_what_another_process_wrote_meanwhile(tmp_path):
+    """Two processes adding to one results file (two seed-spread runs for a task): nothing is lost."""
+    import multiprocessing
+
+    from fade_core.files import update_json
+
+    path = tmp_path / "results.json"
+    assert update_json(path, lambda current: current | {"first": 0}) == {"first": 0}
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_add_keys, args=(path, prefix, 25)) for prefix in ("a", "b")]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    assert [w.exitcode for w in workers] == [0, 0]
+    written = json.loads(path.read_text())
+    assert set(written) == {"first"} | {f"{p}{i}" for p in "ab" for i in range(25)}
+    assert not list(tmp_path.glob("*.partial"))
