@@ -187,7 +187,8 @@ class FadeTrainer:
         at_chance, validation_accuracy, steps_done, stopped_at_chance = 0, float("nan"), 0, False
         # Robust runs take every step: D at chance on ordinary prompts says nothing about what the
         # inner attack still finds (five, training seed 2: the soft prompt at 96 % when stopped at
-        # chance, 12 % after all 600 updates; benchmarks/notes.md).
+        # chance, 12 % after all 600 updates; it swings between 30 and 95 % along a run, so a rule
+        # that watches the attack itself is the open part: benchmarks/notes.md).
         for steps_done in range(1, cfg.steps + 1):
             attack_loss = None
             if self.adversarial is not None and steps_done % cfg.robust_every == 0:
