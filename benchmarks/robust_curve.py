@@ -7,7 +7,7 @@ measures it (trained Acc, other concepts, FID-proxy; 100 images, judge seed 0) a
 with the soft-prompt (embedding) attack, 300 steps from the concept's three starting prompts
 (attack seed 0): once on real images of the concept, as the benchmark attacks, and once on the
 base model's own samples of it (what a user of the base model has, and what the inner attack
-targets; 64 samples from the starting prompts, made before the LoRA moves). The run itself is the
+targets; 66 samples, 22 from each starting prompt, made before the LoRA moves). The run itself is the
 benchmark's (``bench.erase``): measuring draws no random numbers of the training's, so the last
 checkpoint is the benchmark's row for that seed. Per step it records D's batch accuracy, D's
 validation accuracy and the inner attack's loss, the signals a stopping rule could use.
@@ -32,7 +32,7 @@ from fade_core.files import update_json  # noqa: E402
 from fade_core.report import markdown_table  # noqa: E402
 
 CHECKPOINTS = "50,100,150,200,250,300,400,500,600"
-BASE_SAMPLES_PER_PROMPT = 22  # x 3 starting prompts: 66 samples
+BASE_SAMPLES_PER_PROMPT = 22  # x 3 starting prompts
 
 
 def measure(task: str, method: str, train_seed: int, checkpoints: set[int], images: int, attack_steps: int) -> dict:

@@ -20,6 +20,11 @@ from typing import TYPE_CHECKING
 
 from .errors import FadeInputError
 
+try:
+    import fcntl
+except ImportError:  # Windows: update_json takes no lock; its read just before the write keeps the window small
+    fcntl = None
+
 if TYPE_CHECKING:
     import torch
 
@@ -115,10 +120,6 @@ def update_json(path: str | Path, change: Callable[[dict], dict]) -> dict:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_name(path.name + ".lock"), "a") as lock:
-        try:
-            import fcntl
-        except ImportError:  # Windows: no lock; the read just before the write keeps the window small
-            fcntl = None
         if fcntl is not None:
             fcntl.flock(lock, fcntl.LOCK_EX)
         current = json.loads(path.read_text()) if path.is_file() else {}
