@@ -78,6 +78,15 @@ class FadeConfig:
     # "negative_guidance", the base model's for that conditioning less the concept's direction, or
     # "neutral", the base model's for a neutral prompt
     robust_anchor_target: str = "negative_guidance"
+    # the held-out attack at each validation (robust.py, HeldOutAttack): it decides where a robust run
+    # stops and which of its states it keeps
+    robust_check_steps: int = 300  # Adam steps of the held-out attack (the benchmark's soft prompt takes 300)
+    robust_check_images: int = 32  # samples judged per start, as written and as attacked
+    robust_stop_share: float = setting(
+        0.05, "--robust-stop",
+        "a robust run stops once its held-out attack makes no more than this share of concept samples "
+        "(judged by the adversary as pre-training left it); otherwise it keeps its best-judged state",
+    )
 
     def check(self) -> None:
         """Refuses any setting that cannot work, naming it and what to use instead."""
@@ -111,11 +120,11 @@ class FadeConfig:
             raise FadeInputError(f"stop_accuracy is {self.stop_accuracy}; use a number between 0.5 (chance) and 1")
         _require_whole("seed", self.seed, 0, MAX_SEED)
         _require_whole("audit_samples", self.audit_samples, 4)
-        for name in ("robust_every", "robust_warmup_steps"):
+        for name in ("robust_every", "robust_warmup_steps", "robust_check_steps"):
             _require_whole(name, getattr(self, name), 0)
-        for name in ("robust_attack_steps", "robust_bank_size", "robust_targets"):
+        for name in ("robust_attack_steps", "robust_bank_size", "robust_targets", "robust_check_images"):
             _require_whole(name, getattr(self, name), 1)
-        for name in ("robust_share", "robust_refresh"):
+        for name in ("robust_share", "robust_refresh", "robust_stop_share"):
             value = getattr(self, name)
             if not (_is_number(value) and 0.0 <= value <= 1.0):
                 raise FadeInputError(f"{setting_name(name)} is {value}; use a share between 0 and 1")

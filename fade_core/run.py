@@ -110,10 +110,10 @@ def erase_and_export(
     }
 
     def save(state, status: str, steps_done: int, validation_accuracy: float | None, stopped: bool = False,
-             audit_record: dict[str, str] | None = None):
+             audit_record: dict[str, str] | None = None, held_out_attack: float | None = None):
         metadata = record | erasure_metadata(
             prompt_set, config, modules, status=status, steps_done=steps_done,
-            validation_accuracy=validation_accuracy, stopped_at_chance=stopped,
+            validation_accuracy=validation_accuracy, stopped_at_chance=stopped, held_out_attack=held_out_attack,
         ) | (audit_record or {})
         tensors, header = lora_file_contents(adapter, metadata, state)
         path = output.write(lambda temporary: save_file(tensors, str(temporary), metadata=header), status)
@@ -132,8 +132,8 @@ def erase_and_export(
                         sampling_steps=config.sampling_steps, generation_batch=2 * config.batch_size, seed=config.seed, progress=audit_progress)
     except interrupts as stop:
         raise _interrupted_in_audit(result, save) from stop
-    path, tensors = save(result.lora, "complete", result.steps_done, result.validation_accuracy, result.stopped_at_chance,
-                         audited.metadata())
+    path, tensors = save(result.lora, "complete", result.kept_step, result.validation_accuracy, result.stopped_at_chance,
+                         audited.metadata(), result.held_out_attack)
     return Erasure(result, audited, path, tensors)
 
 
@@ -148,18 +148,24 @@ def _interrupted(trainer: FadeTrainer | None, config: FadeConfig, save) -> FadeI
         return FadeInterrupted(f"interrupted {where}, before the LoRA changed: no LoRA was saved")
     done = trainer.steps_done
     current = lora_state(trainer.adapter)
-    if all(torch.isfinite(t).all() for t in current.values()):
+    held_out = None
+    if trainer.adversarial is not None and trainer.last_good_step:  # a robust run keeps its best-judged state
+        state, steps, accuracy, held_out = trainer.last_good, trainer.last_good_step, trainer.last_validation_accuracy, trainer.kept_attack_share
+    elif all(torch.isfinite(t).all() for t in current.values()):
         state, steps, accuracy = current, done, trainer.last_validation_accuracy if trainer.last_good_step == done else None
     elif trainer.last_good_step:
         state, steps, accuracy = trainer.last_good, trainer.last_good_step, trainer.last_validation_accuracy
     else:
         return FadeInterrupted(f"interrupted after {done} LoRA updates whose weights are not finite; no LoRA was saved")
     try:
-        path, _ = save(state, "interrupted", steps, accuracy)
+        path, _ = save(state, "interrupted", steps, accuracy, held_out_attack=held_out)
     except FadeExportError as error:
-        return FadeInterrupted(f"interrupted after {steps} of {config.steps} LoRA updates; {error}", error.saved)
-    checked = "" if accuracy is not None else " (not validated yet)"
-    return FadeInterrupted(f"interrupted after {steps} of {config.steps} LoRA updates; the LoRA trained so far{checked} is in {path}", path)
+        return FadeInterrupted(f"interrupted after {done} of {config.steps} LoRA updates; {error}", error.saved)
+    if held_out is not None:
+        what = f"the state its held-out attack judged best (after {steps} updates)"
+    else:
+        what = "the LoRA trained so far" + ("" if accuracy is not None else " (not validated yet)")
+    return FadeInterrupted(f"interrupted after {done} of {config.steps} LoRA updates; {what} is in {path}", path)
 
 
 def _interrupted_in_audit(result: FadeResult, save) -> FadeInterrupted:
@@ -167,8 +173,9 @@ def _interrupted_in_audit(result: FadeResult, save) -> FadeInterrupted:
     complete file always carries its audit), and its metadata says why the audit is missing."""
     where = f"interrupted in the audit, after all {result.steps_done} LoRA updates"
     try:
-        path, _ = save(result.lora, "interrupted", result.steps_done, result.validation_accuracy, result.stopped_at_chance,
-                       {"fade_audit_note": "not audited: the run was interrupted during the audit, after training ended"})
+        path, _ = save(result.lora, "interrupted", result.kept_step, result.validation_accuracy, result.stopped_at_chance,
+                       {"fade_audit_note": "not audited: the run was interrupted during the audit, after training ended"},
+                       result.held_out_attack)
     except FadeExportError as error:
         return FadeInterrupted(f"{where}; {error}", error.saved)
     return FadeInterrupted(f"{where}; the trained LoRA, without its audit, is in {path}", path)
