@@ -81,7 +81,7 @@ class FadeConfig:
     # the held-out attack at each validation (robust.py, HeldOutAttack): it decides where a robust run
     # stops and which of its states it keeps
     robust_check_steps: int = 300  # Adam steps of the held-out attack (the benchmark's soft prompt takes 300)
-    robust_check_images: int = 32  # samples judged per start, as written and as attacked
+    robust_check_images: int = 32  # samples judged per start of the held-out attack
     robust_stop_share: float = setting(
         0.05, "--robust-stop",
         "a robust run stops once its held-out attack makes no more than this share of concept samples "

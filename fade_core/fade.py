@@ -118,8 +118,8 @@ def erasure_metadata(
     } | ({} if held_out_attack is None else {
         "fade_held_out_attack_share": round(held_out_attack, 4),
         "fade_held_out_attack_note": (
-            "robust run: share of samples that the adversary as pre-training left it calls concept, from the worst of a few "
-            "held-out concept prompts, as written or after a fresh soft-prompt attack; the kept state is the one it judged best"
+            "robust run: share of samples that the adversary as pre-training left it calls concept, from the worst of the "
+            "soft prompts a fresh attack found from the concept's names and the empty prompt; the kept state is the one it judged best"
         ),
     })
 

@@ -23,7 +23,7 @@ from torch import nn
 from .adapter import Conditioning, DenoiserAdapter
 from .attack import embedding_attack
 from .lora import lora_disabled
-from .prompts import PromptPair, PromptSet
+from .prompts import PromptSet
 from .sampling import initial_noise, noise_prediction_error, sample
 
 
@@ -161,13 +161,14 @@ class HeldOutAttack:
 
     Along a robust run the erasure under attack swings (eight, training seed 0: a soft prompt brought
     the digit back in 25-92 % of images at checkpoints 50 updates apart; benchmarks/notes.md), so
-    the last state is one draw from that swing. At each validation this attack starts anew from a
-    few held-out concept prompts (the validation pairs', one per trigger word), optimises their
-    text states for ``steps`` Adam steps to denoise held-out samples of the base model's concept
-    (other noise and prompts than the bank's targets), and generates ``images`` samples from each
-    start, as written and as attacked. The judge is the adversary as pre-training left it: trained
-    on the base model's own samples only, before the LoRA moved (a copy, never updated after). The
-    share it calls concept, over the worst start, is the state's score; lower is better.
+    the last state is one draw from that swing. At each validation this attack starts anew from the
+    concept's names alone and from the empty prompt (prompts training never uses: it fills the
+    names into templates), optimises their text states for ``steps`` Adam steps to denoise the base
+    model's samples for those names (its plain picture of the concept, drawn once with noise of
+    its own), and generates ``images`` samples from what each start became. The
+    judge is the adversary as pre-training left it: trained on the base model's own samples only,
+    before the LoRA moved (a copy, never updated after). The share it calls concept, over the worst
+    start, is the state's score; lower is better.
 
     Uses only what a user of the base model has: the model and the prompts.
     """
@@ -190,13 +191,11 @@ class HeldOutAttack:
         self.steps, self.images, self.seed, self.space = steps, images, seed, space
         self.sampling_steps, self.guidance = sampling_steps, guidance
         generator = torch.Generator().manual_seed(seed)
-        self.starts: list[list[str]] = []
+        self.starts = [[*prompt_set.triggers(concept), ""] for concept in prompt_set.concepts]
         self.targets: list[torch.Tensor] = []
         for concept in prompt_set.concepts:
-            held_out = [p for p in prompt_set.pairs("validation") if p.concept == concept]
-            held_out = held_out or [p for p in prompt_set.pairs("train") if p.concept == concept]
-            self.starts.append(_varied_prompts(held_out, 3))
-            prompts = [held_out[i].concept_prompt for i in torch.randint(0, len(held_out), (targets,), generator=generator).tolist()]
+            names = prompt_set.triggers(concept)
+            prompts = [names[i % len(names)] for i in range(targets)]
             with torch.no_grad(), lora_disabled(adapter):
                 self.targets.append(sample(adapter, adapter.encode(prompts).to(adapter.device),
                                            initial_noise(adapter, targets, generator), num_steps=sampling_steps, guidance=guidance))
@@ -208,20 +207,9 @@ class HeldOutAttack:
         for head, (starts, targets) in enumerate(zip(self.starts, self.targets)):
             with torch.enable_grad():
                 found = embedding_attack(self.adapter, starts, targets, steps=self.steps, seed=self.seed, space=self.space)
-            written = self.adapter.encode(starts).to(self.adapter.device)
-            for conditionings in (written, found):
-                for i in range(len(starts)):
-                    with torch.no_grad():
-                        x = sample(self.adapter, conditionings[[i] * self.images], self.noise,
-                                   num_steps=self.sampling_steps, guidance=self.guidance)
-                        worst = max(worst, (self.judge(x)[:, head] > 0).float().mean().item())
+            for i in range(len(starts)):
+                with torch.no_grad():
+                    x = sample(self.adapter, found[[i] * self.images], self.noise, num_steps=self.sampling_steps, guidance=self.guidance)
+                    worst = max(worst, (self.judge(x)[:, head] > 0).float().mean().item())
         return worst
 
-
-def _varied_prompts(pairs: list[PromptPair], count: int) -> list[str]:
-    """Up to ``count`` distinct concept prompts, one for each trigger word first."""
-    firsts = {}
-    for pair in pairs:
-        firsts.setdefault(pair.trigger, pair.concept_prompt)
-    ordered = list(firsts.values()) + [p.concept_prompt for p in pairs]
-    return list(dict.fromkeys(ordered))[:count]

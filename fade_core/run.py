@@ -162,7 +162,7 @@ def _interrupted(trainer: FadeTrainer | None, config: FadeConfig, save) -> FadeI
     except FadeExportError as error:
         return FadeInterrupted(f"interrupted after {done} of {config.steps} LoRA updates; {error}", error.saved)
     if held_out is not None:
-        what = f"the state its held-out attack judged best (after {steps} updates)"
+        what = f"the state its held-out attack judged best (after {steps} LoRA updates)"
     else:
         what = "the LoRA trained so far" + ("" if accuracy is not None else " (not validated yet)")
     return FadeInterrupted(f"interrupted after {done} of {config.steps} LoRA updates; {what} is in {path}", path)

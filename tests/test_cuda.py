@@ -51,7 +51,8 @@ def test_the_robust_extension_in_token_space_trains_the_text_encoder_on_the_gpu(
     prompt_set = default_prompt_set(["eight"], num_prompts=8)
     modules = list(adapter.lora_candidates("cross_attention")) + list(adapter.lora_candidates("text_encoder"))
     config = FadeConfig(steps=3, **TINY, robust_every=1, robust_attack_steps=2, robust_warmup_steps=2,
-                        robust_bank_size=4, robust_targets=4, robust_space="tokens")
+                        robust_bank_size=4, robust_targets=4, robust_space="tokens", robust_check_steps=1,
+                        robust_check_images=2)
     result = FadeTrainer(adapter, prompt_set, modules, config).run()
     assert result.steps_done == 3
     assert [r.attack_loss is not None for r in result.history if r.phase == "train"] == [True] * 3

@@ -4,12 +4,15 @@ import copy
 
 import pytest
 import torch
+from torch import nn
 
+from fade_core.digits import attacks
 from fade_core.digits.judge import DigitsJudge, default_prompt_set
 from fade_core.digits.model import load_pipeline
 from fade_core.errors import FadeTrainingError
 from fade_core.fade import FadeConfig, FadeTrainer, preservation_loss
-from fade_core.lora import ADAPTER_NAME, attach_lora, lora_layers
+from fade_core.lora import ADAPTER_NAME, attach_lora, lora_layers, lora_state
+from fade_core.robust import HeldOutAttack
 from fade_core.saliency import Saliency, compute_saliency, select_modules
 
 
@@ -110,6 +113,7 @@ def test_the_robust_extension_attacks_between_updates_and_trains_on_its_bank(ada
     modules = list(adapter.lora_candidates("cross_attention"))
     config = FadeConfig(steps=4, adversary_warmup=1, batch_size=4, validate_every=4, sampling_steps=4, stop_patience=10,
                         robust_every=2, robust_attack_steps=2, robust_warmup_steps=2, robust_bank_size=4, robust_targets=8,
+                        robust_check_steps=1, robust_check_images=2,
                         robust_share=1.0)
     trainer = FadeTrainer(adapter, prompt_set, modules, config)
     bank = trainer.adversarial
@@ -126,17 +130,69 @@ def test_the_robust_extension_attacks_between_updates_and_trains_on_its_bank(ada
     assert any(t.abs().sum() > 0 for k, t in result.lora.items() if k.endswith(".up"))
 
 
+# the robust extension at its smallest: one-step attacks, a bank of 4, two images per held-out start
+ROBUST_TINY = dict(robust_attack_steps=1, robust_warmup_steps=1, robust_bank_size=4, robust_targets=4, robust_check_steps=1,
+                   robust_check_images=2)
+
+
 @pytest.mark.parametrize("robust_every", [0, 1])
-def test_plain_fade_stops_at_chance_and_the_robust_extension_takes_every_step(adapter, robust_every):
+def test_plain_fade_stops_at_chance_and_the_robust_extension_does_not(adapter, robust_every, monkeypatch):
     """stop_accuracy 1.0 counts every validation as chance: plain FADE stops after stop_patience
-    validations, a robust run goes on, since D at chance says nothing of what the inner attack finds."""
+    validations, a robust run goes on while its held-out attack still finds the concept (here it
+    always finds half), since D at chance says nothing of what an attack finds."""
+    monkeypatch.setattr(HeldOutAttack, "share", lambda self: 0.5)
     prompt_set = default_prompt_set(["eight"], num_prompts=8)
     modules = list(adapter.lora_candidates("cross_attention"))
     config = FadeConfig(steps=3, adversary_warmup=1, batch_size=4, validate_every=1, sampling_steps=4, stop_accuracy=1.0,
-                        stop_patience=1, robust_every=robust_every, robust_attack_steps=1, robust_warmup_steps=1,
-                        robust_bank_size=4, robust_targets=4)
+                        stop_patience=1, robust_every=robust_every, **ROBUST_TINY)
     result = FadeTrainer(adapter, prompt_set, modules, config).run()
     assert (result.steps_done, result.stopped_at_chance) == ((1, True) if robust_every == 0 else (3, False))
+
+
+@pytest.mark.parametrize(("shares", "stops_after"), [([0.5, 0.2, 0.4, 0.3], 4), ([0.5, 0.04, 0.4, 0.3], 2)])
+def test_a_robust_run_keeps_the_state_its_held_out_attack_judged_best_and_stops_once_that_attack_fails(
+    adapter, monkeypatch, shares, stops_after
+):
+    """The held-out attack's share of concept samples, at each validation, scripted: the run keeps
+    the state of the lowest (update 2), holds it in the adapter at the end, and stops as soon as
+    the share is at most robust_stop_share (0.05)."""
+    scripted = iter(shares)
+    monkeypatch.setattr(HeldOutAttack, "share", lambda self: next(scripted))
+    prompt_set = default_prompt_set(["eight"], num_prompts=8)
+    config = FadeConfig(steps=4, adversary_warmup=1, batch_size=4, validate_every=1, sampling_steps=4, robust_every=1,
+                        robust_stop_share=0.05, **ROBUST_TINY)
+    states = {}
+
+    def record(report):
+        if report.phase == "train":
+            states[report.step - config.adversary_warmup] = lora_state(adapter)
+
+    result = FadeTrainer(adapter, prompt_set, list(adapter.lora_candidates("cross_attention")), config, callback=record).run()
+    assert (result.steps_done, result.kept_step, result.held_out_attack) == (stops_after, 2, shares[1])
+    assert [r.held_out_attack for r in result.history if r.phase == "train"] == shares[:stops_after]
+    now = lora_state(adapter)
+    assert all(torch.equal(now[name], states[2][name]) and torch.equal(result.lora[name], states[2][name]) for name in now)
+    if stops_after > 2:  # the last state differs: the adapter was put back to the kept one
+        assert not all(torch.equal(now[name], states[stops_after][name]) for name in now)
+
+
+def test_the_held_out_attack_starts_from_the_concepts_names_and_finds_each_concept_in_the_base_model(adapter):
+    """Its starts are each concept's names alone and the empty prompt (training only ever fills the
+    names into templates); judged per concept head (here by the digits evaluator), the base
+    model draws each concept from its names: the worst start's share is high."""
+    prompt_set = default_prompt_set(["eight", "three"], num_prompts=24)
+
+    class EvaluatorJudge(nn.Module):  # head h: a positive logit where the evaluator sees concept h
+        def forward(self, x):
+            return torch.stack([2 * attacks.is_concept(x, c).float() - 1 for c in prompt_set.concepts], 1)
+
+    held_out = HeldOutAttack(adapter, EvaluatorJudge(), prompt_set, steps=0, images=8, targets=4, sampling_steps=10,
+                             guidance=2.0, seed=0, space="context")
+    assert held_out.starts == [["eight", "8", ""], ["three", "3", ""]]
+    assert not {s for starts in held_out.starts for s in starts} & {p.concept_prompt for p in prompt_set.train}
+    assert [len(t) for t in held_out.targets] == [4, 4]
+    assert attacks.is_concept(held_out.targets[0], "eight").float().mean() >= 0.75  # the base model's picture of each name
+    assert held_out.share() >= 0.75
 
 
 @pytest.mark.parametrize("target", ["negative_guidance", "neutral"])
@@ -147,7 +203,8 @@ def test_the_anchor_loss_pulls_bank_predictions_of_the_concept_to_the_base_model
     LoRA that has moved, so that the erased prediction differs from the base model's."""
     prompt_set = default_prompt_set(["eight"], num_prompts=8)
     config = FadeConfig(steps=1, adversary_warmup=1, batch_size=4, sampling_steps=4, robust_every=1, robust_attack_steps=1,
-                        robust_warmup_steps=1, robust_bank_size=4, robust_targets=4, robust_anchor_target=target)
+                        robust_warmup_steps=1, robust_bank_size=4, robust_targets=4, robust_anchor_target=target,
+                        robust_check_steps=1, robust_check_images=2)
     trainer = FadeTrainer(adapter, prompt_set, list(adapter.lora_candidates("cross_attention")), config)
     with torch.no_grad():
         for _, up, _ in adapter.lora.factors().values():
@@ -188,6 +245,7 @@ def test_the_robust_attack_in_token_space_reads_its_words_through_the_text_encod
     modules = list(adapter.lora_candidates("text_encoder"))
     config = FadeConfig(steps=2, adversary_warmup=1, batch_size=4, validate_every=2, sampling_steps=4, stop_patience=10,
                         robust_every=1, robust_attack_steps=2, robust_warmup_steps=2, robust_bank_size=4, robust_targets=8,
+                        robust_check_steps=1, robust_check_images=2,
                         robust_share=1.0, robust_space="tokens", robust_anchor_weight=0.0)
     trainer = FadeTrainer(adapter, prompt_set, modules, config)
     bank = trainer.adversarial
