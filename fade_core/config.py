@@ -25,7 +25,7 @@ def setting(default, flag: str | None = None, help: str | None = None):
 @dataclass
 class FadeConfig:
     # 600: on the v2 model 300 leave 9.5 % of eight on its own prompts, 600 leave none (BENCHMARKS.md, fade@steps=300).
-    steps: int = setting(600, "--steps", "LoRA updates (plain FADE stops earlier once the adversary is at chance; robust runs take them all)")
+    steps: int = setting(600, "--steps", "LoRA updates (plain FADE stops earlier once the adversary is at chance, a robust run once its held-out attack fails)")
     adversary_warmup: int = setting(60, "--warmup", "adversary updates on the base model's own samples before the LoRA moves")
     batch_size: int = setting(12, "--batch-size", "prompt pairs per step")
     lora_rank: int = setting(4, "--rank", "LoRA rank (at most the width of the smallest chosen module)")

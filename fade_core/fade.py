@@ -84,6 +84,13 @@ class FadeResult:
     kept_step: int = 0  # the LoRA updates of the state in ``lora`` (a robust run keeps its best-judged one)
     held_out_attack: float | None = None  # robust runs: the held-out attack's share on the kept state
 
+    def kept_summary(self) -> str:
+        """For a robust run, which state was kept and how the held-out attack judged it; else ''."""
+        if self.held_out_attack is None:
+            return ""
+        return (f"kept the state after {self.kept_step} of {self.steps_done} updates, where a fresh soft-prompt attack made "
+                f"{100 * self.held_out_attack:.0f} % concept samples (the pre-trained adversary's judgement)")
+
 
 
 def erasure_metadata(
