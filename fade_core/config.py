@@ -72,7 +72,7 @@ class FadeConfig:
     # where the inner attack searches: "context", the text states cross-attention reads, or
     # "tokens", the input embeddings of the prompt's words through the current text encoder
     robust_space: str = "context"
-    robust_targets: int = 64  # the base model's samples of each concept: the attack's targets
+    robust_targets: int = 64  # the base model's samples of each concept: the targets of the inner and the held-out attack
     robust_anchor_weight: float = 1.0  # weight of the bank's anchor loss (robust.py); 0: L_rem only (1: the benchmark's fade-robust)
     # what the anchor loss pulls bank-conditioned predictions of the concept's samples to (robust.py):
     # "negative_guidance", the base model's for that conditioning less the concept's direction, or

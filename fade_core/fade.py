@@ -17,7 +17,7 @@
                      at a step t inside the first T0 fraction of the trajectory
             L      = L_rem + lambda * L_pres
         every few steps: D's accuracy on validation pairs; stop once it stays near chance
-        (plain FADE; the robust extension takes every step).
+        (plain FADE; a robust run stops once its held-out attack fails, and keeps its best state).
 
 Two choices the paper leaves open, made explicit here:
 
