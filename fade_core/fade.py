@@ -49,7 +49,7 @@ from .config import FadeConfig, setting_name
 from .errors import FadeInputError, FadeTrainingError
 from .lora import attach_lora, load_lora_state, lora_disabled, lora_state
 from .prompts import PromptPair, PromptSet
-from .robust import AdversarialConditionings, HeldOutAttack
+from .robust import AdversarialConditionings, HeldOutAttack, samples_of_names
 from .sampling import ddim_step, initial_noise, preservation_steps, sample, trajectory_states
 
 
@@ -377,17 +377,15 @@ class FadeTrainer:
 
     def _adversarial_bank(self) -> AdversarialConditionings:
         """The bank, started from the concept prompts and the empty prompt, and its first round
-        against the base model. Its targets: the base model's own samples of each concept."""
+        against the base model. Its targets: the base model's own samples of each concept's names."""
         cfg = self.config
         generator = torch.Generator().manual_seed(cfg.seed + 2)
         rows = [torch.nonzero(self._heads == head).flatten() for head in range(len(self.prompt_set.concepts))]
-        targets = []
-        for mine in rows:
-            picks = mine[torch.randint(0, len(mine), (cfg.robust_targets,), generator=generator)]
-            noise = initial_noise(self.adapter, cfg.robust_targets, generator)
-            with torch.no_grad():
-                targets.append(sample(self.adapter, self._concept_cond[picks], noise,
-                                      num_steps=cfg.sampling_steps, guidance=cfg.guidance))
+        targets = [
+            samples_of_names(self.adapter, self.prompt_set, concept, cfg.robust_targets, generator,
+                             sampling_steps=cfg.sampling_steps, guidance=cfg.guidance)
+            for concept in self.prompt_set.concepts
+        ]
         null = self.adapter.encode([""])
         heads = list(range(len(targets)))
         starts = Conditioning.cat([self._concept_cond, *[null] * len(heads)])

@@ -192,13 +192,10 @@ class HeldOutAttack:
         self.sampling_steps, self.guidance = sampling_steps, guidance
         generator = torch.Generator().manual_seed(seed)
         self.starts = [[*prompt_set.triggers(concept), ""] for concept in prompt_set.concepts]
-        self.targets: list[torch.Tensor] = []
-        for concept in prompt_set.concepts:
-            names = prompt_set.triggers(concept)
-            prompts = [names[i % len(names)] for i in range(targets)]
-            with torch.no_grad(), lora_disabled(adapter):
-                self.targets.append(sample(adapter, adapter.encode(prompts).to(adapter.device),
-                                           initial_noise(adapter, targets, generator), num_steps=sampling_steps, guidance=guidance))
+        self.targets = [
+            samples_of_names(adapter, prompt_set, concept, targets, generator, sampling_steps=sampling_steps, guidance=guidance)
+            for concept in prompt_set.concepts
+        ]
         self.noise = initial_noise(adapter, images, generator)
 
     def share(self) -> float:
@@ -213,3 +210,17 @@ class HeldOutAttack:
                     worst = max(worst, (self.judge(x)[:, head] > 0).float().mean().item())
         return worst
 
+
+
+def samples_of_names(
+    adapter: DenoiserAdapter, prompt_set: PromptSet, concept: str, count: int, generator: torch.Generator,
+    *, sampling_steps: int, guidance: float,
+) -> torch.Tensor:
+    """``count`` samples of the base model (LoRA off) for the concept's names alone, in turn: its
+    plain picture of the concept, what the attacks of this module aim at. Samples of the training
+    prompts, whose contexts vary the picture, made weaker targets (benchmarks/notes.md)."""
+    names = prompt_set.triggers(concept)
+    prompts = [names[i % len(names)] for i in range(count)]
+    with torch.no_grad(), lora_disabled(adapter):
+        return sample(adapter, adapter.encode(prompts).to(adapter.device), initial_noise(adapter, count, generator),
+                      num_steps=sampling_steps, guidance=guidance)
