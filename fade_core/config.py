@@ -44,7 +44,7 @@ class FadeConfig:
     validate_every: int = 50
     validation_repeats: int = 2  # samples per validation pair
     stop_accuracy: float = 0.55  # D's validation accuracy counted as chance
-    stop_patience: int = 2  # consecutive validations at chance before stopping (plain FADE only)
+    stop_patience: int = 2  # consecutive validations that meet the stopping rule before stopping
     seed: int = setting(0, "--seed", None)
     audit_samples: int = setting(
         128, "--audit-samples",
@@ -85,7 +85,8 @@ class FadeConfig:
     robust_stop_share: float = setting(
         0.05, "--robust-stop",
         "a robust run stops once a held-out soft-prompt attack and its validation prompts each make no more than "
-        "this share of concept samples (judged by the adversary as pre-training left it); otherwise it keeps its best-judged state",
+        "this share of concept samples (judged by the adversary as pre-training left it) at stop_patience validations in a row; "
+        "otherwise it keeps its best-judged state",
     )
 
     def check(self) -> None:

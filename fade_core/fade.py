@@ -201,7 +201,10 @@ class FadeTrainer:
         stops once D stays at chance; a robust run once a held-out attack and the validation prompts
         fail (robust.HeldOutJudgement), and keeps the state judged best."""
         cfg = self.config
-        at_chance, validation_accuracy, steps_done, stopped_at_chance = 0, float("nan"), 0, False
+        # validations in a row that met the stopping rule: the judgements are noisy (a few dozen
+        # samples each): one alone stopped eight early (313 s of the 1,126 its 600 updates took)
+        # where the benchmark's soft prompt then found 21 %
+        in_a_row, validation_accuracy, steps_done, stopped_at_chance = 0, float("nan"), 0, False
         # Robust runs do not stop at chance: D at chance on ordinary prompts says nothing about what
         # an attack still finds (five, training seed 2: the soft prompt at 96 % when stopped at
         # chance). They watch an attack of their own instead (robust.HeldOutAttack).
@@ -225,14 +228,15 @@ class FadeTrainer:
                 validation_accuracy = report.validation_accuracy = self.validation_accuracy(samples=samples)
                 if held_out is None:
                     self._keep(steps_done, validation_accuracy)
-                    at_chance = at_chance + 1 if validation_accuracy <= cfg.stop_accuracy else 0
-                    stop = stopped_at_chance = at_chance >= cfg.stop_patience
+                    in_a_row = in_a_row + 1 if validation_accuracy <= cfg.stop_accuracy else 0
+                    stop = stopped_at_chance = in_a_row >= cfg.stop_patience
                 else:
                     heads = self._validation[1]
                     report.held_out = held_out.judgement(samples[: len(heads)], heads)
                     if self.kept_judgement is None or report.held_out.score <= self.kept_judgement.score:
                         self._keep(steps_done, validation_accuracy, report.held_out)
-                    stop = report.held_out.score <= cfg.robust_stop_share
+                    in_a_row = in_a_row + 1 if report.held_out.score <= cfg.robust_stop_share else 0
+                    stop = in_a_row >= cfg.stop_patience
             self._report(report)
             if stop:
                 break

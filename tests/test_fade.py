@@ -149,24 +149,27 @@ def test_plain_fade_stops_at_chance_and_the_robust_extension_does_not(adapter, r
     assert (result.steps_done, result.stopped_at_chance) == ((1, True) if robust_every == 0 else (3, False))
 
 
-@pytest.mark.parametrize(("attack", "prompts", "kept", "stops_after"), [
-    ([0.5, 0.2, 0.4, 0.3], [0.0] * 4, 2, 4),
-    ([0.5, 0.04, 0.4, 0.3], [0.0] * 4, 2, 2),
-    ([0.5, 0.2, 0.25, 0.3], [0.0, 0.4, 0.1, 0.0], 3, 4),  # the prompts' share overrules the attack's
-    ([0.5, 0.04, 0.03, 0.3], [0.0, 0.2, 0.05, 0.0], 3, 3),
+@pytest.mark.parametrize(("attack", "prompts", "patience", "kept", "stops_after"), [
+    ([0.5, 0.2, 0.4, 0.3], [0.0] * 4, 1, 2, 4),
+    ([0.5, 0.04, 0.4, 0.3], [0.0] * 4, 1, 2, 2),
+    ([0.5, 0.04, 0.4, 0.3], [0.0] * 4, 2, 2, 4),  # one low judgement alone does not stop it
+    ([0.5, 0.04, 0.03, 0.3], [0.0] * 4, 2, 3, 3),
+    ([0.5, 0.2, 0.25, 0.3], [0.0, 0.4, 0.1, 0.0], 1, 3, 4),  # the prompts' share overrules the attack's
+    ([0.5, 0.04, 0.03, 0.3], [0.0, 0.2, 0.05, 0.0], 1, 3, 3),
 ])
 def test_a_robust_run_keeps_the_state_judged_best_and_stops_once_attack_and_prompts_fail(
-    adapter, monkeypatch, attack, prompts, kept, stops_after
+    adapter, monkeypatch, attack, prompts, patience, kept, stops_after
 ):
     """The frozen judge's shares of concept samples at each validation, scripted, from the held-out
     attack and from the validation prompts: the run keeps the state whose worse share is lowest,
-    holds it in the adapter at the end, and stops as soon as both are at most robust_stop_share (0.05)."""
+    holds it in the adapter at the end, and stops once both are at most robust_stop_share (0.05)
+    at stop_patience validations in a row."""
     scripted_attack, scripted_prompts = iter(attack), iter(prompts)
     monkeypatch.setattr(HeldOutAttack, "share", lambda self: next(scripted_attack))
     monkeypatch.setattr(HeldOutAttack, "judge_prompts", lambda self, samples, heads: next(scripted_prompts))
     prompt_set = default_prompt_set(["eight"], num_prompts=8)
     config = FadeConfig(steps=4, adversary_warmup=1, batch_size=4, validate_every=1, sampling_steps=4, robust_every=1,
-                        robust_stop_share=0.05, **ROBUST_TINY)
+                        robust_stop_share=0.05, stop_patience=patience, **ROBUST_TINY)
     states = {}
 
     def record(report):
