@@ -181,7 +181,7 @@ def _erase(args, concepts, prompt_set, config, output) -> int:
     print(
         f"the training adversary's accuracy on validation pairs {result.validation_accuracy:.3f}, "
         f"{result.steps_done} steps{' (stopped at chance)' if result.stopped_at_chance else ''}; "
-        f"{result.kept_summary() + '; ' if result.held_out is not None else ''}{erasure.audit.summary()}; "
+        f"{result.kept_summary() + '; ' if result.held_out_attack is not None else ''}{erasure.audit.summary()}; "
         f"LoRA written to {erasure.path}; {time.time() - started:.0f} s in all"
     )
     if args.json:

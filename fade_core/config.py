@@ -25,7 +25,7 @@ def setting(default, flag: str | None = None, help: str | None = None):
 @dataclass
 class FadeConfig:
     # 600: on the v2 model 300 leave 9.5 % of eight on its own prompts, 600 leave none (BENCHMARKS.md, fade@steps=300).
-    steps: int = setting(600, "--steps", "LoRA updates (plain FADE stops earlier once the adversary is at chance, a robust run once a held-out attack and its validation prompts fail)")
+    steps: int = setting(600, "--steps", "LoRA updates (plain FADE stops earlier once the adversary is at chance, a robust run once its held-out attack fails)")
     adversary_warmup: int = setting(60, "--warmup", "adversary updates on the base model's own samples before the LoRA moves")
     batch_size: int = setting(12, "--batch-size", "prompt pairs per step")
     lora_rank: int = setting(4, "--rank", "LoRA rank (at most the width of the smallest chosen module)")
@@ -44,7 +44,7 @@ class FadeConfig:
     validate_every: int = 50
     validation_repeats: int = 2  # samples per validation pair
     stop_accuracy: float = 0.55  # D's validation accuracy counted as chance
-    stop_patience: int = 2  # consecutive validations that meet the stopping rule before stopping
+    stop_patience: int = 2  # consecutive validations at chance before stopping (plain FADE only)
     seed: int = setting(0, "--seed", None)
     audit_samples: int = setting(
         128, "--audit-samples",
@@ -78,15 +78,14 @@ class FadeConfig:
     # "negative_guidance", the base model's for that conditioning less the concept's direction, or
     # "neutral", the base model's for a neutral prompt
     robust_anchor_target: str = "negative_guidance"
-    # the held-out attack at each validation (robust.py, HeldOutAttack): with the validation prompts as
-    # written, it decides where a robust run stops and which of its states it keeps
+    # the held-out attack at each validation (robust.py, HeldOutAttack): it decides where a robust run
+    # stops and which of its states it keeps
     robust_check_steps: int = 300  # Adam steps of the held-out attack (the benchmark's soft prompt takes 300)
     robust_check_images: int = 32  # samples judged per start of the held-out attack
     robust_stop_share: float = setting(
         0.05, "--robust-stop",
-        "a robust run stops once a held-out soft-prompt attack and its validation prompts each make no more than "
-        "this share of concept samples (judged by the adversary as pre-training left it) at stop_patience validations in a row; "
-        "otherwise it keeps its best-judged state",
+        "a robust run stops once its held-out attack makes no more than this share of concept samples "
+        "(judged by the adversary as pre-training left it); otherwise it keeps its best-judged state",
     )
 
     def check(self) -> None:

@@ -17,8 +17,7 @@
                      at a step t inside the first T0 fraction of the trajectory
             L      = L_rem + lambda * L_pres
         every few steps: D's accuracy on validation pairs; stop once it stays near chance
-        (plain FADE; a robust run stops once a held-out attack and the validation prompts fail, and
-        keeps its best state).
+        (plain FADE; a robust run stops once its held-out attack fails, and keeps its best state).
 
 Two choices the paper leaves open, made explicit here:
 
@@ -50,7 +49,7 @@ from .config import FadeConfig, setting_name
 from .errors import FadeInputError, FadeTrainingError
 from .lora import attach_lora, load_lora_state, lora_disabled, lora_state
 from .prompts import PromptPair, PromptSet
-from .robust import AdversarialConditionings, HeldOutAttack, HeldOutJudgement, samples_of_names
+from .robust import AdversarialConditionings, HeldOutAttack, samples_of_names
 from .sampling import ddim_step, initial_noise, preservation_steps, sample, trajectory_states
 
 
@@ -69,8 +68,8 @@ class StepReport:
     # robust extension: the inner attack's last loss, in the steps that ran a round (lower: the
     # bank's conditionings denoise the concept's samples better, the attack is closer to success)
     attack_loss: float | None = None
-    # robust extension, at validations: how the frozen pre-trained adversary judged the state
-    held_out: HeldOutJudgement | None = None
+    # robust extension, at validations: the share of concept samples the held-out attack makes
+    held_out_attack: float | None = None
     elapsed: float = 0.0
 
 
@@ -83,13 +82,14 @@ class FadeResult:
     history: list[StepReport]
     seconds: float
     kept_step: int = 0  # the LoRA updates of the state in ``lora`` (a robust run keeps its best-judged one)
-    held_out: HeldOutJudgement | None = None  # robust runs: how the kept state was judged
+    held_out_attack: float | None = None  # robust runs: the held-out attack's share on the kept state
 
     def kept_summary(self) -> str:
-        """For a robust run, which state was kept and how it was judged; else ''."""
-        if self.held_out is None:
+        """For a robust run, which state was kept and how the held-out attack judged it; else ''."""
+        if self.held_out_attack is None:
             return ""
-        return f"kept the state after {self.kept_step} of {self.steps_done} updates, where {self.held_out.summary()}"
+        return (f"kept the state after {self.kept_step} of {self.steps_done} updates, where a fresh soft-prompt attack made "
+                f"{100 * self.held_out_attack:.0f} % concept samples (the pre-trained adversary's judgement)")
 
 
 
@@ -102,7 +102,7 @@ def erasure_metadata(
     steps_done: int,
     validation_accuracy: float | None,
     stopped_at_chance: bool = False,
-    held_out: HeldOutJudgement | None = None,
+    held_out_attack: float | None = None,
 ) -> dict[str, object]:
     """What an exported LoRA records about how it was made: the same record for a complete,
     an interrupted and a diverged run, ``status`` telling them apart."""
@@ -122,12 +122,18 @@ def erasure_metadata(
             "the weakest judge of the result; fade_audit_* is a fresh adversary's"
         ),
         "fade_stopped_at_chance": stopped_at_chance,
-    } | ({} if held_out is None else held_out.metadata())
+    } | ({} if held_out_attack is None else {
+        "fade_held_out_attack_share": round(held_out_attack, 4),
+        "fade_held_out_attack_note": (
+            "robust run: share of samples that the adversary as pre-training left it calls concept, from the worst of the "
+            "soft prompts a fresh attack found from the concept's names and the empty prompt; the kept state is the one it judged best"
+        ),
+    })
 
 
 class FadeTrainer:
     """Runs Algorithm 1. ``last_good`` holds the LoRA weights of the newest validation (a robust
-    run: of the validation judged best) after ``last_good_step`` LoRA updates
+    run: of the validation its held-out attack judged best) after ``last_good_step`` LoRA updates
     (0 until the first validation, when there are none yet), so a caller can save them when the
     run fails. ``steps_done`` counts the LoRA updates made so far."""
 
@@ -170,7 +176,7 @@ class FadeTrainer:
         self.last_good: dict[str, torch.Tensor] = {}
         self.last_good_step = 0
         self.last_validation_accuracy: float | None = None
-        self.kept_judgement: HeldOutJudgement | None = None
+        self.kept_attack_share: float | None = None
         self.steps_done = 0
         # Lines 1-2: the prompt sets, encoded once (the text encoder never changes).
         self.train_pairs = prompt_set.pairs("train")
@@ -198,13 +204,10 @@ class FadeTrainer:
 
     def train(self) -> FadeResult:
         """Alternating D and LoRA updates until N steps or until the stopping rule holds: plain FADE
-        stops once D stays at chance; a robust run once a held-out attack and the validation prompts
-        fail (robust.HeldOutJudgement), and keeps the state judged best."""
+        stops once D stays at chance; a robust run once its held-out attack fails, and keeps the
+        state that attack judged best."""
         cfg = self.config
-        # validations in a row that met the stopping rule: the judgements are noisy (a few dozen
-        # samples each): one alone stopped eight early (313 s of the 1,126 its 600 updates took)
-        # where the benchmark's soft prompt then found 21 %
-        in_a_row, validation_accuracy, steps_done, stopped_at_chance = 0, float("nan"), 0, False
+        at_chance, validation_accuracy, steps_done, stopped_at_chance = 0, float("nan"), 0, False
         # Robust runs do not stop at chance: D at chance on ordinary prompts says nothing about what
         # an attack still finds (five, training seed 2: the soft prompt at 96 % when stopped at
         # chance). They watch an attack of their own instead (robust.HeldOutAttack).
@@ -224,23 +227,20 @@ class FadeTrainer:
             self.steps_done = steps_done
             stop = False
             if steps_done % cfg.validate_every == 0 or steps_done == cfg.steps:
-                samples = self.validation_samples()
-                validation_accuracy = report.validation_accuracy = self.validation_accuracy(samples=samples)
+                validation_accuracy = report.validation_accuracy = self.validation_accuracy()
                 if held_out is None:
                     self._keep(steps_done, validation_accuracy)
-                    in_a_row = in_a_row + 1 if validation_accuracy <= cfg.stop_accuracy else 0
-                    stop = stopped_at_chance = in_a_row >= cfg.stop_patience
+                    at_chance = at_chance + 1 if validation_accuracy <= cfg.stop_accuracy else 0
+                    stop = stopped_at_chance = at_chance >= cfg.stop_patience
                 else:
-                    heads = self._validation[1]
-                    report.held_out = held_out.judgement(samples[: len(heads)], heads)
-                    if self.kept_judgement is None or report.held_out.score <= self.kept_judgement.score:
-                        self._keep(steps_done, validation_accuracy, report.held_out)
-                    in_a_row = in_a_row + 1 if report.held_out.score <= cfg.robust_stop_share else 0
-                    stop = in_a_row >= cfg.stop_patience
+                    report.held_out_attack = held_out.share()
+                    if self.kept_attack_share is None or report.held_out_attack <= self.kept_attack_share:
+                        self._keep(steps_done, validation_accuracy, report.held_out_attack)
+                    stop = report.held_out_attack <= cfg.robust_stop_share
             self._report(report)
             if stop:
                 break
-        if held_out is not None:  # the erased model is the state judged best
+        if held_out is not None:  # the erased model is the state the held-out attack judged best
             load_lora_state(self.adapter, self.last_good)
         return FadeResult(
             lora=lora_state(self.adapter),
@@ -250,13 +250,13 @@ class FadeTrainer:
             history=self.history,
             seconds=time.time() - self.started,
             kept_step=self.last_good_step if held_out is not None else steps_done,
-            held_out=self.kept_judgement,
+            held_out_attack=self.kept_attack_share,
         )
 
-    def _keep(self, steps_done: int, validation_accuracy: float, judgement: HeldOutJudgement | None = None) -> None:
+    def _keep(self, steps_done: int, validation_accuracy: float, attack_share: float | None = None) -> None:
         self.last_good = lora_state(self.adapter)
         self.last_good_step, self.last_validation_accuracy = steps_done, validation_accuracy
-        self.kept_judgement = judgement
+        self.kept_attack_share = attack_share
 
     def _report(self, report: StepReport) -> None:
         report.elapsed = time.time() - self.started
@@ -412,10 +412,12 @@ class FadeTrainer:
         return pairs, heads, noise
 
     @torch.no_grad()
-    def validation_samples(self) -> torch.Tensor:
-        """The current model's final samples for the validation pairs' concept prompts, then for
-        their neutral twins, from the same noise each time."""
-        pairs, _, noise = self._validation
+    def validation_accuracy(self, adversary: nn.Module | None = None) -> float:
+        """D's accuracy on fresh final samples for the validation pairs: 0.5 is chance.
+        ``adversary`` judges instead of the live D (for example a copy taken before training)."""
+        if adversary is None:
+            adversary = self.adversary
+        pairs, heads, noise = self._validation
         # Encoded at each validation: a LoRA in the text encoder changes how it reads them.
         cond = self.adapter.encode([p.concept_prompt for p in pairs] + [p.neutral_prompt for p in pairs]).to(self.device)
         samples = sample(self.adapter, cond, torch.cat([noise, noise]), num_steps=self.config.sampling_steps, guidance=self.config.guidance)
@@ -425,18 +427,6 @@ class FadeTrainer:
                 f"the model's samples became non-finite after {self.steps_done} LoRA updates; lower "
                 f"{setting_name('learning_rate')} (now {cfg.learning_rate:g}) or {setting_name('guidance')} (now {cfg.guidance:g})"
             )
-        return samples
-
-    @torch.no_grad()
-    def validation_accuracy(self, adversary: nn.Module | None = None, samples: torch.Tensor | None = None) -> float:
-        """D's accuracy on fresh final samples for the validation pairs (``samples``, or made now):
-        0.5 is chance. ``adversary`` judges instead of the live D (for example a copy taken before
-        training)."""
-        if adversary is None:
-            adversary = self.adversary
-        if samples is None:
-            samples = self.validation_samples()
-        heads = self._validation[1]
         mode = adversary.training
         adversary.eval()
         logits = adversary(samples).gather(1, torch.cat([heads, heads])[:, None]).squeeze(1)

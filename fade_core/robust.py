@@ -17,8 +17,6 @@ the base model's own samples of the concept, made once before training, never re
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
@@ -157,37 +155,6 @@ class AdversarialConditionings:
         ])
 
 
-@dataclass(frozen=True)
-class HeldOutJudgement:
-    """How the frozen pre-trained adversary judged one state of a robust run: the share of samples
-    it calls concept from the held-out attack's worst start (``attack``) and from the validation
-    prompts as written (``prompts``, worst concept). ``score``, the worse of the two, is what the run
-    keeps its best state and stops by: the attack alone kept states that still drew the concept
-    from ordinary prompts (benchmarks/notes.md)."""
-
-    attack: float
-    prompts: float
-
-    @property
-    def score(self) -> float:
-        return max(self.attack, self.prompts)
-
-    def summary(self) -> str:
-        return (f"a fresh soft-prompt attack made {100 * self.attack:.0f} % concept samples and the validation prompts "
-                f"{100 * self.prompts:.0f} % (the pre-trained adversary's judgement)")
-
-    def metadata(self) -> dict[str, object]:
-        return {
-            "fade_held_out_attack_share": round(self.attack, 4),
-            "fade_held_out_prompts_share": round(self.prompts, 4),
-            "fade_held_out_attack_note": (
-                "robust run, judged by the adversary as pre-training left it: attack share, of samples from the worst of the "
-                "soft prompts a fresh attack found from the concept's names and the empty prompt; prompts share, of samples "
-                "for the validation prompts (worst concept); the kept state is the one whose worse share was lowest"
-            ),
-        }
-
-
 class HeldOutAttack:
     """What decides when a robust run stops and which of its states it keeps: a fresh soft-prompt
     attack, the kind the benchmark measures the result with, that training never sees.
@@ -230,17 +197,6 @@ class HeldOutAttack:
             for concept in prompt_set.concepts
         ]
         self.noise = initial_noise(adapter, images, generator)
-
-    def judge_prompts(self, samples: torch.Tensor, heads: torch.Tensor) -> float:
-        """The share of ``samples`` (the current model's, for concept prompts of heads ``heads``)
-        that the judge calls their concept, for the worst concept."""
-        with torch.no_grad():
-            called = self.judge(samples).gather(1, heads[:, None]).squeeze(1) > 0
-        return max(called[heads == head].float().mean().item() for head in heads.unique().tolist())
-
-    def judgement(self, validation_samples: torch.Tensor, heads: torch.Tensor) -> HeldOutJudgement:
-        """The state's judgement: the attack's share (:meth:`share`) and the prompts' (:meth:`judge_prompts`)."""
-        return HeldOutJudgement(attack=self.share(), prompts=self.judge_prompts(validation_samples, heads))
 
     def share(self) -> float:
         """The worst start's share of samples the judge calls concept, under the current model."""

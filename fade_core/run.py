@@ -34,7 +34,6 @@ from .lora import library_versions, lora_file_contents, lora_state
 from .lora_file import base_fingerprint
 from .outputs import LoraOutput
 from .prompts import PromptSet
-from .robust import HeldOutJudgement
 
 HEADER_BYTES_PER_MODULE = 1024  # keys, the module list and the fingerprint in the header, generously
 
@@ -111,10 +110,10 @@ def erase_and_export(
     }
 
     def save(state, status: str, steps_done: int, validation_accuracy: float | None, stopped: bool = False,
-             audit_record: dict[str, str] | None = None, held_out: HeldOutJudgement | None = None):
+             audit_record: dict[str, str] | None = None, held_out_attack: float | None = None):
         metadata = record | erasure_metadata(
             prompt_set, config, modules, status=status, steps_done=steps_done,
-            validation_accuracy=validation_accuracy, stopped_at_chance=stopped, held_out=held_out,
+            validation_accuracy=validation_accuracy, stopped_at_chance=stopped, held_out_attack=held_out_attack,
         ) | (audit_record or {})
         tensors, header = lora_file_contents(adapter, metadata, state)
         path = output.write(lambda temporary: save_file(tensors, str(temporary), metadata=header), status)
@@ -134,7 +133,7 @@ def erase_and_export(
     except interrupts as stop:
         raise _interrupted_in_audit(result, save) from stop
     path, tensors = save(result.lora, "complete", result.kept_step, result.validation_accuracy, result.stopped_at_chance,
-                         audited.metadata(), result.held_out)
+                         audited.metadata(), result.held_out_attack)
     return Erasure(result, audited, path, tensors)
 
 
@@ -151,7 +150,7 @@ def _interrupted(trainer: FadeTrainer | None, config: FadeConfig, save) -> FadeI
     current = lora_state(trainer.adapter)
     held_out = None
     if trainer.adversarial is not None and trainer.last_good_step:  # a robust run keeps its best-judged state
-        state, steps, accuracy, held_out = trainer.last_good, trainer.last_good_step, trainer.last_validation_accuracy, trainer.kept_judgement
+        state, steps, accuracy, held_out = trainer.last_good, trainer.last_good_step, trainer.last_validation_accuracy, trainer.kept_attack_share
     elif all(torch.isfinite(t).all() for t in current.values()):
         state, steps, accuracy = current, done, trainer.last_validation_accuracy if trainer.last_good_step == done else None
     elif trainer.last_good_step:
@@ -159,11 +158,11 @@ def _interrupted(trainer: FadeTrainer | None, config: FadeConfig, save) -> FadeI
     else:
         return FadeInterrupted(f"interrupted after {done} LoRA updates whose weights are not finite; no LoRA was saved")
     try:
-        path, _ = save(state, "interrupted", steps, accuracy, held_out=held_out)
+        path, _ = save(state, "interrupted", steps, accuracy, held_out_attack=held_out)
     except FadeExportError as error:
         return FadeInterrupted(f"interrupted after {done} of {config.steps} LoRA updates; {error}", error.saved)
     if held_out is not None:
-        what = f"the state judged best (after {steps} LoRA updates)"
+        what = f"the state its held-out attack judged best (after {steps} LoRA updates)"
     else:
         what = "the LoRA trained so far" + ("" if accuracy is not None else " (not validated yet)")
     return FadeInterrupted(f"interrupted after {done} of {config.steps} LoRA updates; {what} is in {path}", path)
@@ -176,7 +175,7 @@ def _interrupted_in_audit(result: FadeResult, save) -> FadeInterrupted:
     try:
         path, _ = save(result.lora, "interrupted", result.kept_step, result.validation_accuracy, result.stopped_at_chance,
                        {"fade_audit_note": "not audited: the run was interrupted during the audit, after training ended"},
-                       result.held_out)
+                       result.held_out_attack)
     except FadeExportError as error:
         return FadeInterrupted(f"{where}; {error}", error.saved)
     return FadeInterrupted(f"{where}; the trained LoRA, without its audit, is in {path}", path)

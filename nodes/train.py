@@ -40,7 +40,7 @@ class FADETrainEraser(io.ComfyNode):
                 PromptSetType.Input("prompt_set"),
                 SaliencyType.Input("saliency"),
                 io.Int.Input("steps", default=DEFAULTS.steps, min=1, max=100000,
-                             tooltip="LoRA updates after the adversary's warm-up; plain FADE stops earlier once the adversary is at chance, a robust run (robust_every > 0) once neither a fresh soft-prompt attack nor the validation prompts bring the concept back, and keeps its best state."),
+                             tooltip="LoRA updates after the adversary's warm-up; plain FADE stops earlier once the adversary is at chance, a robust run (robust_every > 0) once a fresh soft-prompt attack no longer brings the concept back, and keeps its best state."),
                 io.Int.Input("adversary_warmup", default=DEFAULTS.adversary_warmup, min=0, max=10000,
                              tooltip="Adversary updates on the base model's own samples before the LoRA moves."),
                 io.Float.Input("learning_rate", default=1e-4, min=1e-6, max=1e-1, step=1e-5,
@@ -66,7 +66,7 @@ class FADETrainEraser(io.ComfyNode):
                 io.Boolean.Input("gradient_checkpointing", default=False,
                                  tooltip="Recompute each UNet/transformer block's activations in backward instead of keeping them: SD1.5 at 512 px: a step adds 2.2 instead of 6.6 GiB, and takes about 40 % longer (README, 'Memory and time at full size')."),
                 io.Int.Input("robust_every", default=DEFAULTS.robust_every, min=0, max=10000,
-                             tooltip="Robust erasure: every N LoRA updates an inner attack looks for soft prompts that bring the concept back, and the LoRA also learns to erase from them. 0: off (the default). The measured setting: 10, with batch_size doubled, t0_fraction 1.0 and the saliency family 'all'; at each validation a fresh soft-prompt attack, which training never sees, and the validation prompts judge the LoRA: the run keeps the state judged best and stops once each brings back at most 5 % at two validations in a row (the CLI's --robust-stop). See the README's 'How robust is the erasure'."),
+                             tooltip="Robust erasure: every N LoRA updates an inner attack looks for soft prompts that bring the concept back, and the LoRA also learns to erase from them. 0: off (the default). The measured setting: 10, with batch_size doubled, t0_fraction 1.0 and the saliency family 'all'; at each validation a fresh soft-prompt attack, which training never sees, judges the LoRA: the run keeps the state it judged best and stops once that attack brings back at most 5 % (the CLI's --robust-stop). See the README's 'How robust is the erasure'."),
                 io.Int.Input("audit_samples", default=DEFAULTS.audit_samples, min=4, max=4096,
                              tooltip="Generations of each class (concept, neutral) for the audit after training: a fresh adversary learns on half and is judged on the other half. Its accuracy and 95 % interval go into the LoRA's metadata."),
                 io.String.Input("filename_prefix", default="fade/erased",
@@ -135,7 +135,7 @@ class FADETrainEraser(io.ComfyNode):
             f"{audited.summary()} (a lower bound)\n"
             f"steps: {result.steps_done}; last L_rem {_last(result.history, 'loss_removal')}, "
             f"L_pres {_last(result.history, 'loss_preservation')}; {result.seconds:.0f} s\n"
-            + (f"{result.kept_summary()}\n" if result.held_out is not None else "") +
+            + (f"{result.kept_summary()}\n" if result.held_out_attack is not None else "") +
             f"LoRA: {path.name} ({len(saliency.selected)} modules, rank {lora_rank})"
         )
         return io.NodeOutput(erased, stats, ui=ui.PreviewText(stats))

@@ -12,7 +12,7 @@ from fade_core.digits.model import load_pipeline
 from fade_core.errors import FadeTrainingError
 from fade_core.fade import FadeConfig, FadeTrainer, preservation_loss
 from fade_core.lora import ADAPTER_NAME, attach_lora, lora_layers, lora_state
-from fade_core.robust import HeldOutAttack, HeldOutJudgement
+from fade_core.robust import HeldOutAttack
 from fade_core.saliency import Saliency, compute_saliency, select_modules
 
 
@@ -149,27 +149,18 @@ def test_plain_fade_stops_at_chance_and_the_robust_extension_does_not(adapter, r
     assert (result.steps_done, result.stopped_at_chance) == ((1, True) if robust_every == 0 else (3, False))
 
 
-@pytest.mark.parametrize(("attack", "prompts", "patience", "kept", "stops_after"), [
-    ([0.5, 0.2, 0.4, 0.3], [0.0] * 4, 1, 2, 4),
-    ([0.5, 0.04, 0.4, 0.3], [0.0] * 4, 1, 2, 2),
-    ([0.5, 0.04, 0.4, 0.3], [0.0] * 4, 2, 2, 4),  # one low judgement alone does not stop it
-    ([0.5, 0.04, 0.03, 0.3], [0.0] * 4, 2, 3, 3),
-    ([0.5, 0.2, 0.25, 0.3], [0.0, 0.4, 0.1, 0.0], 1, 3, 4),  # the prompts' share overrules the attack's
-    ([0.5, 0.04, 0.03, 0.3], [0.0, 0.2, 0.05, 0.0], 1, 3, 3),
-])
-def test_a_robust_run_keeps_the_state_judged_best_and_stops_once_attack_and_prompts_fail(
-    adapter, monkeypatch, attack, prompts, patience, kept, stops_after
+@pytest.mark.parametrize(("shares", "stops_after"), [([0.5, 0.2, 0.4, 0.3], 4), ([0.5, 0.04, 0.4, 0.3], 2)])
+def test_a_robust_run_keeps_the_state_its_held_out_attack_judged_best_and_stops_once_that_attack_fails(
+    adapter, monkeypatch, shares, stops_after
 ):
-    """The frozen judge's shares of concept samples at each validation, scripted, from the held-out
-    attack and from the validation prompts: the run keeps the state whose worse share is lowest,
-    holds it in the adapter at the end, and stops once both are at most robust_stop_share (0.05)
-    at stop_patience validations in a row."""
-    scripted_attack, scripted_prompts = iter(attack), iter(prompts)
-    monkeypatch.setattr(HeldOutAttack, "share", lambda self: next(scripted_attack))
-    monkeypatch.setattr(HeldOutAttack, "judge_prompts", lambda self, samples, heads: next(scripted_prompts))
+    """The held-out attack's share of concept samples, at each validation, scripted: the run keeps
+    the state of the lowest (update 2), holds it in the adapter at the end, and stops as soon as
+    the share is at most robust_stop_share (0.05)."""
+    scripted = iter(shares)
+    monkeypatch.setattr(HeldOutAttack, "share", lambda self: next(scripted))
     prompt_set = default_prompt_set(["eight"], num_prompts=8)
     config = FadeConfig(steps=4, adversary_warmup=1, batch_size=4, validate_every=1, sampling_steps=4, robust_every=1,
-                        robust_stop_share=0.05, stop_patience=patience, **ROBUST_TINY)
+                        robust_stop_share=0.05, **ROBUST_TINY)
     states = {}
 
     def record(report):
@@ -177,12 +168,11 @@ def test_a_robust_run_keeps_the_state_judged_best_and_stops_once_attack_and_prom
             states[report.step - config.adversary_warmup] = lora_state(adapter)
 
     result = FadeTrainer(adapter, prompt_set, list(adapter.lora_candidates("cross_attention")), config, callback=record).run()
-    judged = [HeldOutJudgement(a, p) for a, p in zip(attack, prompts)]
-    assert (result.steps_done, result.kept_step, result.held_out) == (stops_after, kept, judged[kept - 1])
-    assert [r.held_out for r in result.history if r.phase == "train"] == judged[:stops_after]
+    assert (result.steps_done, result.kept_step, result.held_out_attack) == (stops_after, 2, shares[1])
+    assert [r.held_out_attack for r in result.history if r.phase == "train"] == shares[:stops_after]
     now = lora_state(adapter)
-    assert all(torch.equal(now[name], states[kept][name]) and torch.equal(result.lora[name], states[kept][name]) for name in now)
-    if stops_after > kept:  # the last state differs: the adapter was put back to the kept one
+    assert all(torch.equal(now[name], states[2][name]) and torch.equal(result.lora[name], states[2][name]) for name in now)
+    if stops_after > 2:  # the last state differs: the adapter was put back to the kept one
         assert not all(torch.equal(now[name], states[stops_after][name]) for name in now)
 
 
@@ -203,9 +193,6 @@ def test_the_held_out_attack_starts_from_the_concepts_names_and_finds_each_conce
     assert [len(t) for t in held_out.targets] == [4, 4]
     assert attacks.is_concept(held_out.targets[0], "eight").float().mean() >= 0.75  # the base model's picture of each name
     assert held_out.share() >= 0.75
-    # the prompts' share: each concept's samples judged by their own head, then by the other's
-    samples, heads = torch.cat(held_out.targets), torch.tensor([0] * 4 + [1] * 4)
-    assert held_out.judge_prompts(samples, heads) >= 0.75 and held_out.judge_prompts(samples, 1 - heads) <= 0.25
 
 
 @pytest.mark.parametrize("target", ["negative_guidance", "neutral"])
