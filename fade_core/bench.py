@@ -115,26 +115,27 @@ def discrete_vocabulary() -> list[str]:
 
 
 def erase(method: str, concepts: list[str], seed: int,
-          on_step: Callable[[DenoiserAdapter, StepReport], None] | None = None) -> tuple[DenoiserAdapter, Callable, list]:
+          on_step: Callable[[DenoiserAdapter, StepReport], None] | None = None) -> tuple[DenoiserAdapter, Callable, dict]:
     """Erases the concepts with the method; returns the erased adapter, a context manager that puts
-    the edit in place while it is measured, and FADE's adversary curve. A FADE method calls
+    the edit in place while it is measured, and FADE's training record for the row (the adversary
+    curve; for a robust run also the held-out attack's shares and the kept state). A FADE method calls
     ``on_step(adapter, report)`` after each step, with the LoRA in place (to measure along the way)."""
     name, settings = method_name(method), method_settings(method)
     if name == "retrained":
         if set(settings) - {"steps"}:
             raise FadeInputError(f"method {method!r}: the retrained reference has one setting, steps (retrained@steps=4500)")
         unet, text_encoder = train_generator(int(settings.get("steps", GENERATOR_STEPS)), seed=seed, without=tuple(concepts))
-        return make_adapter(pipeline_from_state(model_state_for_file(unet, text_encoder))), contextlib.nullcontext, []
+        return make_adapter(pipeline_from_state(model_state_for_file(unet, text_encoder))), contextlib.nullcontext, {}
     adapter = load_adapter()
     prompt_set = default_prompt_set(concepts, seed=seed)
     if name == "uce":
         deltas = edit_uce(adapter, prompt_set, preserve_prompts(concepts), config=UceConfig(**settings)).deltas
-        return adapter, lambda: applied(adapter, deltas), []
+        return adapter, lambda: applied(adapter, deltas), {}
     default_family = {"fade-no-saliency": "all", "fade-robust": ROBUST_FAMILY}.get(name, "cross_attention")
     modules = lora_modules(adapter, prompt_set, str(settings.pop("family", default_family)), seed)
     if name == "esd":
         erase_esd(adapter, prompt_set, modules, EsdConfig(**(ESD_SETTINGS | settings | {"seed": seed})))
-        return adapter, contextlib.nullcontext, []
+        return adapter, contextlib.nullcontext, {}
     config = FadeConfig(seed=seed, **(ROBUST_SETTINGS if name == "fade-robust" else {}))
     if name == "fade-no-adversary":
         config.removal = "l2"
@@ -147,8 +148,11 @@ def erase(method: str, concepts: list[str], seed: int,
     config.check()
     callback = None if on_step is None else lambda report: on_step(adapter, report)
     result = FadeTrainer(adapter, prompt_set, modules, config, callback=callback).run()
-    curve = [(r.step, r.validation_accuracy) for r in result.history if r.validation_accuracy is not None]
-    return adapter, contextlib.nullcontext, curve
+    record = {"adversary_curve": [(r.step, r.validation_accuracy) for r in result.history if r.validation_accuracy is not None]}
+    if result.held_out_attack is not None:
+        record |= {"kept_step": result.kept_step,
+                   "held_out_curve": [(r.step, r.held_out_attack) for r in result.history if r.held_out_attack is not None]}
+    return adapter, contextlib.nullcontext, record
 
 
 def lora_modules(adapter: DenoiserAdapter, prompt_set, families: str, seed: int) -> list[str]:
@@ -194,9 +198,9 @@ def run_job(task: str, method: str, images: int, attack_steps: int, seed: int) -
     with PeakMemory() as memory:
         started = time.perf_counter()
         if method == "base":
-            adapter, context, curve = load_adapter(), contextlib.nullcontext, []
+            adapter, context, training = load_adapter(), contextlib.nullcontext, {}
         else:
-            adapter, context, curve = erase(method, concepts, seed)
+            adapter, context, training = erase(method, concepts, seed)
         seconds = time.perf_counter() - started
     with context():
         trained = judge.measure(adapter, concepts)
@@ -209,7 +213,7 @@ def run_job(task: str, method: str, images: int, attack_steps: int, seed: int) -
             "clip_proxy": trained.clip_proxy,
         }
         if method != "base":
-            row |= {"seconds": seconds, "peak_mb": memory.megabytes, "adversary_curve": curve}
+            row |= {"seconds": seconds, "peak_mb": memory.megabytes} | training
             if attack_steps:
                 row |= attack_row(adapter, concepts, steps=attack_steps, images=images, seed=seed)
     return row
