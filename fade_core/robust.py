@@ -211,7 +211,6 @@ class HeldOutAttack:
         return worst
 
 
-
 def samples_of_names(
     adapter: DenoiserAdapter, prompt_set: PromptSet, concept: str, count: int, generator: torch.Generator,
     *, sampling_steps: int, guidance: float,

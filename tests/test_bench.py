@@ -68,15 +68,16 @@ def test_erase_lets_a_caller_measure_the_model_at_every_step():
     assert seen == [("warmup", False), ("train", True), ("train", True)]
 
 
-def test_a_robust_rows_training_record_has_the_held_out_attacks_shares_and_the_kept_state():
+def test_a_robust_rows_training_record_has_the_held_out_attacks_shares_and_the_kept_state(monkeypatch):
     """What notes.md reads a robust row's stopping from: the held-out attack's share at each
-    validation and the update whose state was kept (ESD and UCE rows have no such record)."""
+    validation (scripted here) and the update whose state was kept (ESD and UCE rows have no such record)."""
     from fade_core.bench import erase
+    from fade_core.robust import HeldOutAttack
 
-    tiny = ("steps=2:adversary_warmup=1:batch_size=4:validate_every=1:robust_every=1:robust_attack_steps=1:robust_warmup_steps=1:"
-            "robust_bank_size=2:robust_targets=2:robust_check_steps=1:robust_check_images=2:robust_stop_share=0.0")
+    shares = iter([0.5, 0.25, 0.75])
+    monkeypatch.setattr(HeldOutAttack, "share", lambda self: next(shares))
+    tiny = ("steps=3:adversary_warmup=1:batch_size=4:validate_every=1:robust_every=1:robust_attack_steps=1:robust_warmup_steps=1:"
+            "robust_bank_size=2:robust_targets=2:robust_check_steps=1:robust_check_images=2")
     _, _, record = erase(f"fade-robust@{tiny}", ["eight"], 0)
-    assert [step for step, _ in record["held_out_curve"]] == [2, 3]  # after the warm-up step
-    assert record["kept_step"] in (1, 2) and len(record["adversary_curve"]) == 2
-    shares = [share for _, share in record["held_out_curve"]]
-    assert shares[record["kept_step"] - 1] == min(shares)
+    assert record["held_out_curve"] == [(2, 0.5), (3, 0.25), (4, 0.75)]  # steps count the warm-up step
+    assert record["kept_step"] == 2 and len(record["adversary_curve"]) == 3
