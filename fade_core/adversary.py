@@ -110,6 +110,40 @@ def load_clip_vision_tower(model_name: str, weights: str | Path | None, model_co
     return model.visual, int(size), int(model.visual.output_dim)
 
 
+def fit_adversary(
+    adversary: nn.Module,
+    samples: torch.Tensor,
+    heads: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    steps: int,
+    batch_size: int,
+    learning_rate: float,
+    generator: torch.Generator,
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> nn.Module:
+    """Trains ``adversary`` from where it is on a fixed set of samples: ``steps`` Adam steps of BCE
+    between its logit for each sample's head and the sample's label (1: concept), on ``batch_size``
+    samples drawn with ``generator`` and passed through ``augment`` if given. Returns it in eval
+    mode; ``on_step(step)`` is called after each step (a host stops the training by raising)."""
+    optimizer = torch.optim.Adam(adversary.parameters(), lr=learning_rate)
+    adversary.train()
+    heads, labels = heads.to(samples.device), labels.to(samples.device)
+    with torch.enable_grad():
+        for step in range(1, steps + 1):
+            chosen = torch.randint(0, len(samples), (min(batch_size, len(samples)),), generator=generator).to(samples.device)
+            batch = samples[chosen] if augment is None else augment(samples[chosen])
+            logits = adversary(batch).gather(1, heads[chosen, None]).squeeze(1)
+            loss = F.binary_cross_entropy_with_logits(logits, labels[chosen])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if on_step is not None:
+                on_step(step)
+    return adversary.eval()
+
+
 def build_adversary(
     kind: str,
     sample_shape: tuple[int, ...],

@@ -26,10 +26,9 @@ from dataclasses import dataclass
 
 import torch
 from scipy.stats import binomtest
-from torch.nn import functional as F
 
 from .adapter import DenoiserAdapter
-from .adversary import build_adversary
+from .adversary import build_adversary, fit_adversary
 from .errors import FadeInputError
 from .prompts import PromptSet
 from .sampling import initial_noise, sample
@@ -150,20 +149,15 @@ def audit(
     is_train = torch.cat([torch.arange(samples) < samples - held_out] * 2)
     adversary = build_adversary("latent", adapter.sample_shape, len(prompt_set.concepts), seed=seed + SEED_OFFSET)
     adversary = adversary.to(images.device)
-    train_x, train_heads, train_y = images[is_train], heads[is_train].to(images.device), labels[is_train].to(images.device)
-    optimizer = torch.optim.Adam(adversary.parameters(), lr=learning_rate)
-    adversary.train()
-    with torch.enable_grad():
-        for adversary_step in range(1, adversary_steps + 1):
-            chosen = torch.randint(0, len(train_x), (min(batch_size, len(train_x)),), generator=generator).to(images.device)
-            logits = adversary(train_x[chosen]).gather(1, train_heads[chosen, None]).squeeze(1)
-            loss = F.binary_cross_entropy_with_logits(logits, train_y[chosen])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if adversary_step % 10 == 0 or adversary_step == adversary_steps:
-                report(len(starts) + adversary_step, total_work)
-    adversary.eval()
+
+    def on_step(adversary_step: int) -> None:
+        if adversary_step % 10 == 0 or adversary_step == adversary_steps:
+            report(len(starts) + adversary_step, total_work)
+
+    fit_adversary(
+        adversary, images[is_train], heads[is_train], labels[is_train], steps=adversary_steps, batch_size=batch_size,
+        learning_rate=learning_rate, generator=generator, on_step=on_step,
+    )
 
     with torch.no_grad():
         def right(mask: torch.Tensor) -> torch.Tensor:

@@ -85,7 +85,7 @@ class FadeConfig:
     robust_stop_share: float = setting(
         0.05, "--robust-stop",
         "a robust run stops once its held-out attack makes no more than this share of concept samples "
-        "(judged by the adversary as pre-training left it); otherwise it keeps its best-judged state",
+        "(judged by a detector trained on the base model's samples); otherwise it keeps its best-judged state",
     )
 
     def check(self) -> None:

@@ -32,7 +32,6 @@ same loop with the model updates switched off.
 
 from __future__ import annotations
 
-import copy
 import math
 import random
 import time
@@ -89,7 +88,7 @@ class FadeResult:
         if self.held_out_attack is None:
             return ""
         return (f"kept the state after {self.kept_step} of {self.steps_done} updates, where a fresh soft-prompt attack made "
-                f"{100 * self.held_out_attack:.0f} % concept samples (the pre-trained adversary's judgement)")
+                f"{100 * self.held_out_attack:.0f} % concept samples (its own judge's count)")
 
 
 
@@ -125,7 +124,7 @@ def erasure_metadata(
     } | ({} if held_out_attack is None else {
         "fade_held_out_attack_share": round(held_out_attack, 4),
         "fade_held_out_attack_note": (
-            "robust run: share of samples that the adversary as pre-training left it calls concept, from the worst of the "
+            "robust run: share of samples that a judge trained on the base model's (degraded) samples calls concept, from the worst of the "
             "soft prompts a fresh attack found from the concept's names and the empty prompt; the kept state is the one it judged best"
         ),
     })
@@ -214,7 +213,7 @@ class FadeTrainer:
         held_out = None
         if self.adversarial is not None:
             held_out = HeldOutAttack(
-                self.adapter, copy.deepcopy(self.adversary), self.prompt_set, steps=cfg.robust_check_steps,
+                self.adapter, self.prompt_set, steps=cfg.robust_check_steps,
                 images=cfg.robust_check_images, targets=cfg.robust_targets, sampling_steps=cfg.sampling_steps,
                 guidance=cfg.guidance, seed=cfg.seed + 3, space=cfg.robust_space,
             )

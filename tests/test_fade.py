@@ -12,8 +12,9 @@ from fade_core.digits.model import load_pipeline
 from fade_core.errors import FadeTrainingError
 from fade_core.fade import FadeConfig, FadeTrainer, preservation_loss
 from fade_core.lora import ADAPTER_NAME, attach_lora, lora_layers, lora_state
-from fade_core.robust import HeldOutAttack
+from fade_core.robust import HeldOutAttack, concept_judge, samples_of_names
 from fade_core.saliency import Saliency, compute_saliency, select_modules
+from fade_core.sampling import initial_noise, sample
 
 
 def test_saliency_ranks_cross_attention_and_round_trips(adapter, tmp_path):
@@ -178,21 +179,36 @@ def test_a_robust_run_keeps_the_state_its_held_out_attack_judged_best_and_stops_
 
 def test_the_held_out_attack_starts_from_the_concepts_names_and_finds_each_concept_in_the_base_model(adapter):
     """Its starts are each concept's names alone and the empty prompt (training only ever fills the
-    names into templates); judged per concept head (here by the digits evaluator), the base
-    model draws each concept from its names: the worst start's share is high."""
+    names into templates); judged per concept head by its own judge, the base model draws each
+    concept from its names: the worst start's share is high."""
     prompt_set = default_prompt_set(["eight", "three"], num_prompts=24)
-
-    class EvaluatorJudge(nn.Module):  # head h: a positive logit where the evaluator sees concept h
-        def forward(self, x):
-            return torch.stack([2 * attacks.is_concept(x, c).float() - 1 for c in prompt_set.concepts], 1)
-
-    held_out = HeldOutAttack(adapter, EvaluatorJudge(), prompt_set, steps=0, images=8, targets=4, sampling_steps=10,
+    held_out = HeldOutAttack(adapter, prompt_set, steps=0, images=8, targets=32, sampling_steps=10,
                              guidance=2.0, seed=0, space="context")
     assert held_out.starts == [["eight", "8", ""], ["three", "3", ""]]
     assert not {s for starts in held_out.starts for s in starts} & {p.concept_prompt for p in prompt_set.train}
-    assert [len(t) for t in held_out.targets] == [4, 4]
+    assert [len(t) for t in held_out.targets] == [32, 32]
     assert attacks.is_concept(held_out.targets[0], "eight").float().mean() >= 0.75  # the base model's picture of each name
     assert held_out.share() >= 0.75
+
+
+def test_the_held_out_judge_tells_each_concept_from_its_neutral_prompts_on_fresh_samples(adapter):
+    """concept_judge learns from the base model's samples; on samples it never saw (other noise), head
+    h calls most of concept h's samples concept and few of its neutral prompts' samples."""
+    prompt_set = default_prompt_set(["eight", "three"], num_prompts=24)
+    generator = torch.Generator().manual_seed(0)
+    names = [samples_of_names(adapter, prompt_set, c, 32, generator, sampling_steps=10, guidance=2.0) for c in prompt_set.concepts]
+    judge = concept_judge(adapter, prompt_set, names, generator, sampling_steps=10, guidance=2.0, seed=0)
+    fresh = torch.Generator().manual_seed(1)
+    for head, concept in enumerate(prompt_set.concepts):
+        pairs = [p for p in prompt_set.pairs("all") if p.concept == concept][:16]
+        with torch.no_grad():
+            concept_samples = sample(adapter, adapter.encode([p.concept_prompt for p in pairs]), initial_noise(adapter, 16, fresh),
+                                     num_steps=10, guidance=2.0)
+            neutral_samples = sample(adapter, adapter.encode([p.neutral_prompt for p in pairs]), initial_noise(adapter, 16, fresh),
+                                     num_steps=10, guidance=2.0)
+            called = lambda x: (judge(x)[:, head] > 0).float().mean().item()  # noqa: E731
+            assert called(concept_samples) >= 0.75
+            assert called(neutral_samples) <= 0.25
 
 
 @pytest.mark.parametrize("target", ["negative_guidance", "neutral"])
