@@ -44,7 +44,7 @@ PromptScore = Callable[[list[str]], torch.Tensor]
 def embedding_attack(
     adapter: DenoiserAdapter,
     prompts: str | Sequence[str],
-    real_samples: torch.Tensor,
+    real_samples: torch.Tensor | Sequence[torch.Tensor],
     *,
     steps: int = 300,
     batch_size: int = 2,
@@ -54,6 +54,8 @@ def embedding_attack(
     space: str = "context",
 ) -> Conditioning:
     """Soft conditionings optimised to denoise ``real_samples``, one row per starting prompt.
+    ``real_samples`` is one tensor for every start, or a list with one tensor per start (starts
+    aimed at different concepts share the model calls).
 
     ``space`` is what the attacker may change. "context": the per-token states that cross-attention
     reads, every position free (an attacker who feeds the denoiser any conditioning tensor).
@@ -72,7 +74,10 @@ def embedding_attack(
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts:
         raise FadeInputError("the embedding attack needs at least one starting prompt that names the concept")
-    if len(real_samples) == 0:
+    per_start = list(real_samples) if isinstance(real_samples, (list, tuple)) else [real_samples] * len(prompts)
+    if len(per_start) != len(prompts):
+        raise FadeInputError(f"the embedding attack got {len(per_start)} sets of samples for {len(prompts)} starting prompts; give one per start")
+    if any(len(samples) == 0 for samples in per_start):
         raise FadeInputError("the embedding attack needs real samples of the concept to denoise; none were given")
     if steps < 0 or batch_size < 1:
         raise FadeInputError(f"steps ({steps}) must be 0 or more and batch_size ({batch_size}) at least 1")
@@ -99,8 +104,8 @@ def embedding_attack(
     try:
         for _ in range(steps):
             x0, level, noise = [], [], []
-            for generator in generators:  # rows i * batch_size ... belong to start i
-                x0.append(real_samples[torch.randint(0, len(real_samples), (batch_size,), generator=generator)])
+            for generator, samples in zip(generators, per_start):  # rows i * batch_size ... belong to start i
+                x0.append(samples[torch.randint(0, len(samples), (batch_size,), generator=generator)])
                 level.append(levels[torch.randint(0, sampling_steps, (batch_size,), generator=generator)])
                 noise.append(torch.randn(x0[-1].shape, generator=generator))
             # drawn on the CPU (the generators'), computed on the model's device

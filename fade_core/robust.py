@@ -203,14 +203,16 @@ class HeldOutAttack:
 
     def share(self) -> float:
         """The worst start's share of samples the judge calls concept, under the current model."""
+        starts = [start for group in self.starts for start in group]
+        heads = [head for head, group in enumerate(self.starts) for _ in group]
+        with torch.enable_grad():  # every concept's starts in one attack: they share its model calls
+            found = embedding_attack(self.adapter, starts, [self.targets[head] for head in heads], steps=self.steps,
+                                     seed=self.seed, space=self.space)
         worst = 0.0
-        for head, (starts, targets) in enumerate(zip(self.starts, self.targets)):
-            with torch.enable_grad():
-                found = embedding_attack(self.adapter, starts, targets, steps=self.steps, seed=self.seed, space=self.space)
-            for i in range(len(starts)):
-                with torch.no_grad():
-                    x = sample(self.adapter, found[[i] * self.images], self.noise, num_steps=self.sampling_steps, guidance=self.guidance)
-                    worst = max(worst, (self.judge(x)[:, head] > 0).float().mean().item())
+        for i, head in enumerate(heads):
+            with torch.no_grad():
+                x = sample(self.adapter, found[[i] * self.images], self.noise, num_steps=self.sampling_steps, guidance=self.guidance)
+                worst = max(worst, (self.judge(x)[:, head] > 0).float().mean().item())
         return worst
 
 

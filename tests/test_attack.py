@@ -71,6 +71,21 @@ def test_embedding_attack_is_seeded_and_each_start_is_optimised_as_if_alone(adap
     assert all(not p.requires_grad for p in adapter.denoiser.parameters())  # the model stays as it was
 
 
+def test_embedding_attack_aims_each_start_at_its_own_samples_when_given_one_set_per_start(adapter):
+    """A list of sample sets, one per start: start i denoises its own set, ending where it would
+    alone aimed at that set (starts for several concepts share the model calls)."""
+    eights, threes = real_concept_samples("eight"), real_concept_samples("three")
+    starts = ["a handwritten eight", "a handwritten three"]
+    joint = embedding_attack(adapter, starts, [eights, threes], steps=4, batch_size=3, seed=5).tensors["context"]
+    first = embedding_attack(adapter, starts[0], eights, steps=4, batch_size=3, seed=5).tensors["context"]
+    second = embedding_attack(adapter, starts[1], threes, steps=4, batch_size=3, seed=6).tensors["context"]
+    assert torch.allclose(joint, torch.cat([first, second]), atol=1e-5)
+    aimed_at_eights = embedding_attack(adapter, starts[1], eights, steps=4, batch_size=3, seed=6).tensors["context"]
+    assert not torch.allclose(second, aimed_at_eights, atol=1e-5)
+    with pytest.raises(FadeInputError, match="one per start"):
+        embedding_attack(adapter, starts, [eights], steps=1)
+
+
 def test_the_inversion_attack_changes_only_the_words_input_embeddings(adapter):
     """In token space the attacker edits what a textual-inversion file holds: the input rows of the
     prompt's words. CLIP's text encoder is causal, so the state at BOS cannot move; every state
