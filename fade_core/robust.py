@@ -239,11 +239,15 @@ def concept_judge(
     from its samples for the neutral prompts (twice as many), on pictures degraded at random:
     shifted, scaled, fainter or stronger, noisier.
 
-    Why not FADE's own adversary, frozen after pre-training: what an attack draws from an erased
-    model is a degraded picture of the concept, and a judge that only ever saw clean ones misses most
-    of it. On eight's kept state (benchmarks/notes.md) the frozen adversary called 2.7 % of
-    attacked samples eights where the evaluator called 12 %; this judge, trained as here on clean
-    pictures only, 4.7 %; with the degradations, 9.3 % (and none of the erased model's neutral ones)."""
+    Why not FADE's own adversary, frozen after pre-training (the judge before): what an attack draws
+    from an erased model is a degraded picture of the concept, and a judge that only ever saw clean
+    ones misses most of it. On eight's kept state (fade-robust, seed 0) in a scratch comparison the
+    frozen adversary called 2.7 % of 300 attacked samples eights where the evaluator called 12 %; a
+    detector trained longer on clean samples, 4.7 %; with degradations, 9.3 %, and none of the erased
+    model's neutral samples. This judge, too, counts about half of what the evaluator does on such
+    samples (benchmarks/notes.md has its figures): they are often between the concept and another
+    one (on eight, blends of three and eight).
+    """
     samples, heads, labels = [], [], []
     for head, (concept, names) in enumerate(zip(prompt_set.concepts, names_samples)):
         pairs = [pair for pair in prompt_set.pairs("all") if pair.concept == concept]
