@@ -82,8 +82,11 @@ class FadeConfig:
     # stops and which of its states it keeps
     robust_check_steps: int = 300  # Adam steps of the held-out attack (the benchmark's soft prompt takes 300)
     robust_check_images: int = 32  # samples judged per start of the held-out attack
+    # 0: on eight (seed 0) a stop at 5 % came after 150 updates, where a soft prompt still brought back
+    # 21 % and 2 % were left on the training prompts; run on until the judge found none, the run kept update
+    # 550, judged the same, at 0 and 0 % (3.4x plain FADE's time instead of 0.9x; BENCHMARKS.md)
     robust_stop_share: float = setting(
-        0.05, "--robust-stop",
+        0.0, "--robust-stop",
         "a robust run stops once its held-out attack makes no more than this share of concept samples "
         "(judged by a detector trained on the base model's samples); otherwise it keeps its best-judged state",
     )

@@ -233,6 +233,7 @@ class FadeTrainer:
                     stop = stopped_at_chance = at_chance >= cfg.stop_patience
                 else:
                     report.held_out_attack = held_out.share()
+                    # a later state judged as well is kept: more updates have erased more of the ordinary prompts
                     if self.kept_attack_share is None or report.held_out_attack <= self.kept_attack_share:
                         self._keep(steps_done, validation_accuracy, report.held_out_attack)
                     stop = report.held_out_attack <= cfg.robust_stop_share
