@@ -76,7 +76,9 @@ def embedding_attack(
         raise FadeInputError("the embedding attack needs at least one starting prompt that names the concept")
     per_start = list(real_samples) if isinstance(real_samples, (list, tuple)) else [real_samples] * len(prompts)
     if len(per_start) != len(prompts):
-        raise FadeInputError(f"the embedding attack got {len(per_start)} sets of samples for {len(prompts)} starting prompts; give one per start")
+        raise FadeInputError(
+            f"the embedding attack got {len(per_start)} sets of samples for {len(prompts)} starting prompts; give one per start"
+        )
     if any(len(samples) == 0 for samples in per_start):
         raise FadeInputError("the embedding attack needs real samples of the concept to denoise; none were given")
     if steps < 0 or batch_size < 1:

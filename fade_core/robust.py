@@ -18,9 +18,8 @@ the base model's own samples of the concept, made once before training, never re
 from __future__ import annotations
 
 import torch
-from torch import nn
-
 from kornia.augmentation import RandomAffine
+from torch import nn
 
 from .adapter import Conditioning, DenoiserAdapter
 from .adversary import build_adversary, fit_adversary
@@ -266,8 +265,9 @@ def concept_judge(
 
     def degrade(batch: torch.Tensor) -> torch.Tensor:
         batch = shift_and_scale(batch)
-        amplitude = 0.6 + 0.6 * torch.rand(len(batch), *[1] * (batch.dim() - 1), generator=generator)
-        noise = 0.35 * scale.cpu() * torch.rand(len(batch), *[1] * (batch.dim() - 1), generator=generator) * torch.randn(batch.shape, generator=generator)
+        per_sample = (len(batch), *[1] * (batch.dim() - 1))
+        amplitude = 0.6 + 0.6 * torch.rand(per_sample, generator=generator)
+        noise = 0.35 * scale.cpu() * torch.rand(per_sample, generator=generator) * torch.randn(batch.shape, generator=generator)
         return batch * amplitude.to(batch.device) + noise.to(batch.device)
 
     judge = build_adversary("latent", adapter.sample_shape, len(prompt_set.concepts), seed=seed).to(samples.device)
