@@ -84,7 +84,8 @@ class FadeConfig:
     robust_check_images: int = 32  # samples judged per start of the held-out attack
     # 0: on eight (seed 0) a stop at 5 % came after 150 updates, where a soft prompt still brought back
     # 21 % and 2 % were left on the training prompts; run on until the judge found none, the run kept update
-    # 550, judged the same, at 0 and 0 % (3.4x plain FADE's time instead of 0.9x; BENCHMARKS.md)
+    # 550, judged the same, at 0 and 0 % (3.4x plain FADE's time instead of 0.9x); three's worst attack
+    # went 3 -> 5 %, its FID-proxy 1.16 -> 1.10x, its time 3.0 -> 4.6x (benchmarks/notes.md)
     robust_stop_share: float = setting(
         0.0, "--robust-stop",
         "a robust run stops once its held-out attack makes no more than this share of concept samples "
