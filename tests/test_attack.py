@@ -79,9 +79,10 @@ def test_embedding_attack_aims_each_start_at_its_own_samples_when_given_one_set_
     joint = embedding_attack(adapter, starts, [eights, threes], steps=4, batch_size=3, seed=5).tensors["context"]
     first = embedding_attack(adapter, starts[0], eights, steps=4, batch_size=3, seed=5).tensors["context"]
     second = embedding_attack(adapter, starts[1], threes, steps=4, batch_size=3, seed=6).tensors["context"]
-    assert torch.allclose(joint, torch.cat([first, second]), atol=1e-5)
+    # batched and alone round differently (up to 1.6e-5 seen); aimed elsewhere, a start moves by ~1e-2
+    assert torch.allclose(joint, torch.cat([first, second]), atol=1e-4)
     aimed_at_eights = embedding_attack(adapter, starts[1], eights, steps=4, batch_size=3, seed=6).tensors["context"]
-    assert not torch.allclose(second, aimed_at_eights, atol=1e-5)
+    assert not torch.allclose(second, aimed_at_eights, atol=1e-4)
     with pytest.raises(FadeInputError, match="one per start"):
         embedding_attack(adapter, starts, [eights], steps=1)
 
