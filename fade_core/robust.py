@@ -223,9 +223,16 @@ def samples_of_names(
     plain picture of the concept, what the attacks of this module aim at. Samples of the training
     prompts, whose contexts vary the picture, made weaker targets (benchmarks/notes.md)."""
     names = prompt_set.triggers(concept)
-    prompts = [names[i % len(names)] for i in range(count)]
+    return base_samples(adapter, [names[i % len(names)] for i in range(count)], generator,
+                        sampling_steps=sampling_steps, guidance=guidance)
+
+
+def base_samples(
+    adapter: DenoiserAdapter, prompts: list[str], generator: torch.Generator, *, sampling_steps: int, guidance: float,
+) -> torch.Tensor:
+    """The base model's (LoRA off) final samples for ``prompts``, one each, from noise drawn with ``generator``."""
     with torch.no_grad(), lora_disabled(adapter):
-        return sample(adapter, adapter.encode(prompts).to(adapter.device), initial_noise(adapter, count, generator),
+        return sample(adapter, adapter.encode(prompts).to(adapter.device), initial_noise(adapter, len(prompts), generator),
                       num_steps=sampling_steps, guidance=guidance)
 
 
@@ -253,21 +260,18 @@ def concept_judge(
         count = len(names)
         drawn = [pairs[i] for i in torch.randint(0, len(pairs), (3 * count,), generator=generator).tolist()]
         prompts = [pair.concept_prompt for pair in drawn[:count]] + [pair.neutral_prompt for pair in drawn[count:]]
-        with torch.no_grad(), lora_disabled(adapter):
-            prompted = sample(adapter, adapter.encode(prompts).to(adapter.device), initial_noise(adapter, 3 * count, generator),
-                              num_steps=sampling_steps, guidance=guidance)
-        samples += [names, prompted]
+        samples += [names, base_samples(adapter, prompts, generator, sampling_steps=sampling_steps, guidance=guidance)]
         heads.append(torch.full((4 * count,), head))
         labels.append(torch.cat([torch.ones(2 * count), torch.zeros(2 * count)]))
     samples = torch.cat(samples)
-    scale = samples.std()
+    scale = samples.std().cpu()
     shift_and_scale = RandomAffine(degrees=0, translate=(0.075, 0.075), scale=(0.85, 1.15), padding_mode="border", p=1.0)
 
     def degrade(batch: torch.Tensor) -> torch.Tensor:
         batch = shift_and_scale(batch)
         per_sample = (len(batch), *[1] * (batch.dim() - 1))
         amplitude = 0.6 + 0.6 * torch.rand(per_sample, generator=generator)
-        noise = 0.35 * scale.cpu() * torch.rand(per_sample, generator=generator) * torch.randn(batch.shape, generator=generator)
+        noise = 0.35 * scale * torch.rand(per_sample, generator=generator) * torch.randn(batch.shape, generator=generator)
         return batch * amplitude.to(batch.device) + noise.to(batch.device)
 
     judge = build_adversary("latent", adapter.sample_shape, len(prompt_set.concepts), seed=seed).to(samples.device)
