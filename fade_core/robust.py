@@ -242,8 +242,9 @@ def concept_judge(
 ) -> nn.Module:
     """A latent adversary trained from scratch to tell the base model's pictures of each concept
     (``names_samples[head]``, its samples for the names alone, and as many for the concept prompts)
-    from its samples for the neutral prompts (twice as many), on pictures degraded at random:
-    shifted, scaled, fainter or stronger, noisier.
+    from its samples for the neutral prompts (twice as many) and, with several concepts, from its
+    pictures of the other concepts, on pictures degraded at random: shifted, scaled, fainter or
+    stronger, noisier.
 
     Why not FADE's own adversary, frozen after pre-training (the judge before): what an attack draws
     from an erased model is a degraded picture of the concept, and a judge that only ever saw clean
@@ -254,15 +255,25 @@ def concept_judge(
     samples (benchmarks/notes.md has its figures): they are often between the concept and another
     one (on eight, blends of three and eight).
     """
-    samples, heads, labels = [], [], []
+    samples, heads, labels, pictures = [], [], [], []
     for head, (concept, names) in enumerate(zip(prompt_set.concepts, names_samples)):
         pairs = [pair for pair in prompt_set.pairs("all") if pair.concept == concept]
         count = len(names)
         drawn = [pairs[i] for i in torch.randint(0, len(pairs), (3 * count,), generator=generator).tolist()]
         prompts = [pair.concept_prompt for pair in drawn[:count]] + [pair.neutral_prompt for pair in drawn[count:]]
-        samples += [names, base_samples(adapter, prompts, generator, sampling_steps=sampling_steps, guidance=guidance)]
+        made = base_samples(adapter, prompts, generator, sampling_steps=sampling_steps, guidance=guidance)
+        samples += [names, made]
         heads.append(torch.full((4 * count,), head))
         labels.append(torch.cat([torch.ones(2 * count), torch.zeros(2 * count)]))
+        pictures.append(torch.cat([names, made[:count]]))
+    # Each head also learns the other erased concepts as "not mine": the neutral words never name
+    # them, and a head that had never seen them called up to a tenth of their pictures its own.
+    for head in range(len(pictures)):
+        for other, theirs in enumerate(pictures):
+            if other != head:
+                samples.append(theirs)
+                heads.append(torch.full((len(theirs),), head))
+                labels.append(torch.zeros(len(theirs)))
     samples = torch.cat(samples)
     scale = samples.std().cpu()
     shift_and_scale = RandomAffine(degrees=0, translate=(0.075, 0.075), scale=(0.85, 1.15), padding_mode="border", p=1.0)

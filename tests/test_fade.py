@@ -193,22 +193,27 @@ def test_the_held_out_attack_starts_from_the_concepts_names_and_finds_each_conce
 
 def test_the_held_out_judge_tells_each_concept_from_its_neutral_prompts_on_fresh_samples(adapter):
     """concept_judge learns from the base model's samples; on samples it never saw (other noise), head
-    h calls most of concept h's samples concept and few of its neutral prompts' samples."""
+    h calls most of concept h's samples concept, and few of its neutral prompts' samples or of the
+    other concept's samples (eight and three look alike)."""
     prompt_set = default_prompt_set(["eight", "three"], num_prompts=24)
     generator = torch.Generator().manual_seed(0)
     names = [samples_of_names(adapter, prompt_set, c, 32, generator, sampling_steps=10, guidance=2.0) for c in prompt_set.concepts]
     judge = concept_judge(adapter, prompt_set, names, generator, sampling_steps=10, guidance=2.0, seed=0)
     fresh = torch.Generator().manual_seed(1)
-    for head, concept in enumerate(prompt_set.concepts):
+    concept_samples, neutral_samples = [], []
+    for concept in prompt_set.concepts:
         pairs = [p for p in prompt_set.pairs("all") if p.concept == concept][:16]
         with torch.no_grad():
-            concept_samples = sample(adapter, adapter.encode([p.concept_prompt for p in pairs]), initial_noise(adapter, 16, fresh),
-                                     num_steps=10, guidance=2.0)
-            neutral_samples = sample(adapter, adapter.encode([p.neutral_prompt for p in pairs]), initial_noise(adapter, 16, fresh),
-                                     num_steps=10, guidance=2.0)
+            concept_samples.append(sample(adapter, adapter.encode([p.concept_prompt for p in pairs]),
+                                          initial_noise(adapter, 16, fresh), num_steps=10, guidance=2.0))
+            neutral_samples.append(sample(adapter, adapter.encode([p.neutral_prompt for p in pairs]),
+                                          initial_noise(adapter, 16, fresh), num_steps=10, guidance=2.0))
+    for head in range(2):
+        with torch.no_grad():
             called = lambda x: (judge(x)[:, head] > 0).float().mean().item()  # noqa: E731
-            assert called(concept_samples) >= 0.75
-            assert called(neutral_samples) <= 0.25
+            assert called(concept_samples[head]) >= 0.75
+            assert called(neutral_samples[head]) <= 0.25
+            assert called(concept_samples[1 - head]) <= 0.1
 
 
 @pytest.mark.parametrize("target", ["negative_guidance", "neutral"])
