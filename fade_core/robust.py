@@ -267,7 +267,8 @@ def concept_judge(
         labels.append(torch.cat([torch.ones(2 * count), torch.zeros(2 * count)]))
         pictures.append(torch.cat([names, made[:count]]))
     # Each head also learns the other erased concepts as "not mine": the neutral words never name
-    # them, and a head that had never seen them called up to a tenth of their pictures its own.
+    # them, and heads that had never seen them called 6-10 % of another digit's base pictures their
+    # own on one + four + seven, and eight's head 31 % of threes in the tests' setup.
     for head in range(len(pictures)):
         for other, theirs in enumerate(pictures):
             if other != head:
