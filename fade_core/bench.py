@@ -204,13 +204,17 @@ def run_job(task: str, method: str, images: int, attack_steps: int, seed: int) -
         seconds = time.perf_counter() - started
     with context():
         trained = judge.measure(adapter, concepts)
+        unseen = {c: judge.concept_accuracy(adapter, c, unseen_prompts(c)) for c in concepts}
+        context_acc = {c: judge.context_accuracy(adapter, c) for c in concepts}
         row = {
             "acc_trained": trained.acc_concept,
-            "acc_unseen": sum(judge.concept_accuracy(adapter, c, unseen_prompts(c)) for c in concepts) / len(concepts),
-            "acc_context": sum(judge.context_accuracy(adapter, c) for c in concepts) / len(concepts),
+            "acc_unseen": sum(unseen.values()) / len(concepts),
+            "acc_context": sum(context_acc.values()) / len(concepts),
             "acc_other": trained.acc_other,
             "fid_proxy": trained.fid_proxy,
             "clip_proxy": trained.clip_proxy,
+            # where several concepts are erased together, which of them the means hide
+            "concepts": {c: {"trained": trained.per_concept[c], "unseen": unseen[c], "context": context_acc[c]} for c in concepts},
         }
         if method != "base":
             row |= {"seconds": seconds, "peak_mb": memory.megabytes} | training
@@ -321,7 +325,8 @@ def markdown(results: dict, command: str, notes: str = "") -> str:
         "  search over words the base model knows (held-out contexts, templates) that maximises the evaluator's probability",
         "  of the concept, reported on seeds the search never used. No training uses these attacks (fade-robust's inner attack",
         "  is its own: shorter, on the base model's samples, never on real images). Where several concepts are erased",
-        "  together, every Acc is the mean over the concepts (bench.json has each concept's attack figures).",
+        "  together, every Acc is the mean over the concepts (bench.json has each concept's figures: `attacks` in each",
+        "  erasure's row, `concepts` for the prompts in rows measured from 2026-12-06 on).",
         "- **H**: Appendix B with Acc trained, against the base model's FID- and CLIP-proxy. **H worst**: the same with the",
         "  largest Acc of the row.",
         "- **wall s** and **peak MB** (resident memory above the job's start, in its own process) cover the erasure itself.",

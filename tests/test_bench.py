@@ -18,6 +18,8 @@ def test_bench_writes_json_plot_and_table(tmp_path, monkeypatch):
     assert {"acc_trained", "acc_unseen", "acc_context", "acc_embedding", "acc_inversion", "acc_discrete", "acc_other", "fid_proxy", "clip_proxy",
             "H", "H_worst", "seconds", "peak_mb"} <= set(rows["uce"])
     assert rows["uce"]["H_worst"] <= rows["uce"]["H"]  # the worst Acc of the row is at least the trained one
+    assert rows["base"]["concepts"]["five"]["trained"] == rows["base"]["acc_trained"]  # one concept: its figures are the means
+    assert rows["uce"]["concepts"]["five"]["context"] == rows["uce"]["acc_context"]
     assert (tmp_path / "benchmarks" / "runs" / "five__uce.json").is_file()  # kept for a resumed run
     assert (tmp_path / "benchmarks" / "bench.png").read_bytes()[:4] == b"\x89PNG"
     table = (tmp_path / "BENCHMARKS.md").read_text()
