@@ -1,4 +1,5 @@
 import re
+from collections import Counter
 
 import pytest
 
@@ -45,6 +46,28 @@ def test_synonyms_contexts_and_split_are_seeded():
     assert len({p.template for p in first.pairs("all")}) >= 10
     assert len(first.validation) == 10 and len(first.train) == 30
     assert not {p.concept_prompt for p in first.validation} <= {p.concept_prompt for p in first.train}
+
+
+def test_templates_triggers_and_neutral_words_are_drawn_evenly():
+    templates = [f"picture {i} of a {{}}" for i in range(7)]
+    prompt_set = build_prompt_set(["airplane"], synonyms={"airplane": ["jet"]}, neutral=["car", "boat", "train"],
+                                  templates=templates, num_prompts=30, seed=5)
+    pairs = prompt_set.pairs("all")
+    for field, choices in (("template", templates), ("trigger", ["airplane", "jet"]), ("neutral", ["car", "boat", "train"])):
+        counts = Counter(getattr(p, field) for p in pairs)
+        assert set(counts) == set(choices) and max(counts.values()) - min(counts.values()) <= 1, (field, counts)
+
+
+def test_each_style_gets_its_share_of_every_digits_prompts():
+    # A plain random draw gave one + four + seven's seven 2 inverted prompts out of 36 for training,
+    # and the erased model kept drawing inverted sevens.
+    for seed in range(3):
+        prompt_set = default_prompt_set(["one", "four", "seven"], seed=seed)
+        for concept in prompt_set.concepts:
+            for style in ("bold", "thin", "inverted", "slanted"):
+                share = sum(f"{style} " in p.template or f", {style}" in p.template
+                            for p in prompt_set.train if p.concept == concept) / len([p for p in prompt_set.train if p.concept == concept])
+                assert 0.08 <= share <= 0.3, (seed, concept, style, share)
 
 
 def test_several_concepts_and_json_round_trip():

@@ -210,11 +210,13 @@ def eraser_templates(category: str) -> tuple[str, ...]:
     ``ERASER_CONTEXTS_PER_TEMPLATE`` eraser contexts (seeded), so that every eraser context occurs."""
     digit_templates = [t for t in DIGIT_TEMPLATES if t not in HELD_OUT_DIGIT_TEMPLATES]
     styled_templates = [t for t in STYLED_TEMPLATES if t not in HELD_OUT_STYLED_TEMPLATES]
+    # Grouped by style (digits) or by digit (styles), so that a prompt set, which draws evenly along
+    # the list (prompts.spread), has each style or digit in its share of prompts.
     if category == "object":
         plain = [t.format(d="{}") for t in digit_templates]
-        bare = plain + [t.format(d="{}", s=words[0]) for t in styled_templates for words in STYLE_SYNONYMS.values()]
+        bare = plain + [t.format(d="{}", s=words[0]) for words in STYLE_SYNONYMS.values() for t in styled_templates]
     elif category == "style":
-        bare = [t.format(d=digit, s="{}") for t in styled_templates for digit in DIGIT_NAMES]
+        bare = [t.format(d=digit, s="{}") for digit in DIGIT_NAMES for t in styled_templates]
     else:
         raise FadeInputError(f"the embedded model has no {category!r} concepts; use object (digits) or style")
     rng = random.Random(CONTEXT_SPLIT_SEED)
