@@ -24,12 +24,13 @@ def test_esd_moves_the_concept_prediction_toward_the_negatively_guided_target(ad
         base_target = esd_target(adapter, x_t, level, concept, null, eta=2.0)
         base_gap = F.mse_loss(adapter.predict_x0(x_t, level, concept, 1.0), base_target).item()
     modules = list(adapter.lora_candidates("cross_attention"))
-    result = erase_esd(adapter, prompt_set, modules, EsdConfig(steps=60, batch_size=4, learning_rate=1e-3))
+    result = erase_esd(adapter, prompt_set, modules, EsdConfig(steps=60, batch_size=4, learning_rate=3e-3))
     with torch.no_grad():
         with lora_disabled(adapter):  # the frozen model and its target are unchanged
             assert torch.allclose(esd_target(adapter, x_t, level, concept, null, eta=2.0), base_target)
         gap = F.mse_loss(adapter.predict_x0(x_t, level, concept, 1.0), base_target).item()
-    assert gap < 0.85 * base_gap  # measured: 0.77 of the base gap after 60 steps
+    # measured: 0.75 of the base gap after 60 steps (at 1e-3 0.85 on these prompts, 0.77 on the earlier prompt draw)
+    assert gap < 0.85 * base_gap
     assert len(result.losses) == 60 and set(result.lora) == {f"{m}.{part}" for m in modules for part in ("down", "up")}
 
 

@@ -69,7 +69,8 @@ function drawChart(ctx, node, widget, width, top) {
   const last = points[points.length - 1];
   const total = last.total || last.step;
   const x = (step) => left + (plotWidth * step) / Math.max(total, 1);
-  const y = (v) => top + height * (1 - Math.min(Math.max(v, 0), 1));
+  const inset = 4; // a value of 0 or 1 (an adversary at 100 %) stays inside the plot, not on its border
+  const y = (v) => top + inset + (height - 2 * inset) * (1 - Math.min(Math.max(v, 0), 1));
   ctx.setLineDash([4, 4]);
   line(ctx, [{ step: 0 }, { step: total }], x, y, () => 0.5, "#888"); // chance: where the adversary should end
   ctx.setLineDash([]);
