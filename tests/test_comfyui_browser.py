@@ -30,7 +30,6 @@ PACK_FOLDER = "comfyui-fade"
 CHECKPOINT = "fade-tiny-sd15.safetensors"
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 FADE_TEXT_NODES = ("FADEBuildPromptSet", "FADEComputeSaliency", "FADETrainEraser", "FADEApplyErasedLoRA")
-CHART_BLUE = (0x4A, 0xA3, 0xFF)  # the adversary-accuracy line of web/fade_progress.js
 
 
 def _missing() -> str | None:
@@ -217,7 +216,9 @@ def blue_pixels(page, chart: dict, name: str) -> int:
     path = SCREENSHOTS / name
     page.screenshot(path=str(path), clip=clip)
     pixels = Image.open(path).convert("RGB").getdata()
-    return sum(1 for r, g, b in pixels if abs(r - CHART_BLUE[0]) < 30 and abs(g - CHART_BLUE[1]) < 30 and abs(b - CHART_BLUE[2]) < 30)
+    # The adversary-accuracy line is #4aa3ff (web/fade_progress.js); counted blue-dominant: at the page's 80 % zoom a level line (an adversary at
+    # 100 %) falls between two pixel rows and is blended with the background, e.g. (63, 130, 199).
+    return sum(1 for r, g, b in pixels if b - r > 60 and b > g and b > 100)
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
