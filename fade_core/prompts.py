@@ -250,9 +250,8 @@ def build_prompt_set(
                 f"the synonym(s) {named} are also neutral words that replace the concept in the neutral prompts "
                 f"({', '.join(w for w in neutral_words if w)}); remove them from the synonyms or choose other neutral words"
             )
-        chosen = zip(
-            spread(templates, num_prompts, rng), deal((concept, *synonyms[concept]), num_prompts, rng), deal(neutral_words, num_prompts, rng)
-        )
+        chosen = zip(spread(templates, num_prompts, rng), deal((concept, *synonyms[concept]), num_prompts, rng),
+                     deal(neutral_words, num_prompts, rng))
         pairs = [
             PromptPair(concept, fill(template, trigger, articles), fill(template, word, articles), template, trigger, word)
             for template, trigger, word in chosen

@@ -216,8 +216,9 @@ def blue_pixels(page, chart: dict, name: str) -> int:
     path = SCREENSHOTS / name
     page.screenshot(path=str(path), clip=clip)
     pixels = Image.open(path).convert("RGB").getdata()
-    # The adversary-accuracy line is #4aa3ff (web/fade_progress.js); counted blue-dominant: at the page's 80 % zoom a level line (an adversary at
-    # 100 %) falls between two pixel rows and is blended with the background, e.g. (63, 130, 199).
+    # The adversary-accuracy line is #4aa3ff (web/fade_progress.js); counted blue-dominant: at the
+    # page's 80 % zoom a level line (an adversary at 100 %) falls between two pixel rows and is
+    # blended with the background, e.g. (63, 130, 199).
     return sum(1 for r, g, b in pixels if b - r > 60 and b > g and b > 100)
 
 

@@ -64,9 +64,9 @@ def test_each_style_gets_its_share_of_every_digits_prompts():
     for seed in range(3):
         prompt_set = default_prompt_set(["one", "four", "seven"], seed=seed)
         for concept in prompt_set.concepts:
+            templates = [p.template for p in prompt_set.train if p.concept == concept]
             for style in ("bold", "thin", "inverted", "slanted"):
-                share = sum(f"{style} " in p.template or f", {style}" in p.template
-                            for p in prompt_set.train if p.concept == concept) / len([p for p in prompt_set.train if p.concept == concept])
+                share = sum(f"{style} " in t or f", {style}" in t for t in templates) / len(templates)
                 assert 0.08 <= share <= 0.3, (seed, concept, style, share)
 
 
