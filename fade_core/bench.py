@@ -14,12 +14,16 @@ memory. A FADE method's ``family`` setting places its LoRA: ``fade@family=attent
 Each (task, method) is one job in a fresh process, so that its peak memory is its own; ``workers``
 jobs run at once, one thread each. A finished job's row is kept in ``benchmarks/runs/`` and reused
 by a later run with the same settings, so an interrupted benchmark resumes where it stopped.
+A kept row also records a fingerprint of every prompt it was made from (:func:`prompt_fingerprint`),
+so that a change to the prompt sets or the judge's prompts measures the rows again instead of mixing
+draws in one table; a change to a method's code does not, and needs its rows deleted.
 BENCHMARKS.md is regenerated whole from the rows (plus the analysis in ``benchmarks/notes.md``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import multiprocessing
 import os
@@ -112,6 +116,18 @@ def discrete_vocabulary() -> list[str]:
     templates, all of which the base model's text encoder learned."""
     texts = [*data.HELD_OUT_CONTEXTS, *data.DIGIT_TEMPLATES, *data.STYLED_TEMPLATES]
     return sorted({w.strip(",.:()-") for t in texts for w in t.replace("{d}", " ").replace("{s}", " ").split()} - {""})
+
+
+def prompt_fingerprint(task: str, seed: int) -> str:
+    """A short hash of every prompt a row of ``task`` is made from: the erasers' prompt set, UCE's
+    preserve list, and the judge's trained, unseen, held-out-context and attack prompts and words."""
+    concepts = task_concepts(task)
+    prompts = [[p.concept_prompt, p.neutral_prompt] for p in default_prompt_set(concepts, seed=seed).pairs("all")]
+    prompts += [preserve_prompts(concepts), discrete_vocabulary()]
+    for concept in concepts:
+        prompts += [[p.concept_prompt for p in default_prompt_set([concept]).pairs("all")], unseen_prompts(concept),
+                    data.held_out_context_prompts(concept, 1000, seed), attacks.starting_prompts(concept)]
+    return hashlib.sha256(json.dumps(prompts).encode()).hexdigest()[:16]
 
 
 def erase(method: str, concepts: list[str], seed: int,
@@ -249,8 +265,9 @@ def run(tasks, methods, *, images: int = 200, attack_steps: int = 300, seed: int
     jobs = jobs_for(tasks, methods, tuning)
     rows: dict[tuple[str, str], dict] = {}
     pending = []
+    job_settings = {task: settings | {"prompts": prompt_fingerprint(task, seed)} for task in tasks}
     for job in jobs:
-        saved = saved_row(runs_dir, job, settings)
+        saved = saved_row(runs_dir, job, job_settings[job[0]])
         if saved is not None:
             rows[job] = saved
             log(f"{job[0]:16s} {job[1]:26s} reused from {runs_dir}")
@@ -264,7 +281,7 @@ def run(tasks, methods, *, images: int = 200, attack_steps: int = 300, seed: int
         for done, future in enumerate(as_completed(futures), 1):
             job = futures[future]
             rows[job] = future.result()
-            save_row(runs_dir, job, settings, rows[job])
+            save_row(runs_dir, job, job_settings[job[0]], rows[job])
             log(f"[{done}/{len(pending)}] {job[0]:16s} {job[1]:26s} " + " ".join(
                 f"{k} {v:.3f}" for k, v in rows[job].items() if isinstance(v, float)))
     results = {"tasks": {}, "settings": settings | {"workers": workers}}

@@ -83,3 +83,19 @@ def test_a_robust_rows_training_record_has_the_held_out_attacks_shares_and_the_k
     _, _, record = erase(f"fade-robust@{tiny}", ["eight"], 0)
     assert record["held_out_curve"] == [(2, 0.5), (3, 0.25), (4, 0.75)]  # steps count the warm-up step
     assert record["kept_step"] == 2 and len(record["adversary_curve"]) == 3
+
+
+def test_a_kept_row_is_reused_only_with_the_prompts_it_was_measured_on(tmp_path, monkeypatch):
+    from fade_core import bench
+
+    measured = {"images": 24, "attack_steps": 0, "seed": 0, "prompts": bench.prompt_fingerprint("five", 0)}
+    bench.save_row(tmp_path, ("five", "uce"), measured, {"acc_trained": 0.5})
+    assert bench.saved_row(tmp_path, ("five", "uce"), measured) == {"acc_trained": 0.5}
+    assert bench.prompt_fingerprint("five", 0) == measured["prompts"]  # the same prompts: reused
+    assert len({measured["prompts"], bench.prompt_fingerprint("five", 1), bench.prompt_fingerprint("eight", 0)}) == 3
+
+    drawn = bench.default_prompt_set
+    monkeypatch.setattr(bench, "default_prompt_set", lambda concepts, **kw: drawn(concepts, **kw | {"num_prompts": 40}))
+    redrawn = measured | {"prompts": bench.prompt_fingerprint("five", 0)}
+    assert redrawn["prompts"] != measured["prompts"]
+    assert bench.saved_row(tmp_path, ("five", "uce"), redrawn) is None  # another draw: measured again
