@@ -167,7 +167,8 @@ def erase(method: str, concepts: list[str], seed: int,
     record = {"adversary_curve": [(r.step, r.validation_accuracy) for r in result.history if r.validation_accuracy is not None]}
     if result.held_out_attack is not None:
         record |= {"kept_step": result.kept_step,
-                   "held_out_curve": [(r.step, r.held_out_attack) for r in result.history if r.held_out_attack is not None]}
+                   "held_out_curve": [(r.step, r.held_out_attack) for r in result.history if r.held_out_attack is not None],
+                   "neutral_drift_curve": [(r.step, r.neutral_drift) for r in result.history if r.neutral_drift is not None]}
     return adapter, contextlib.nullcontext, record
 
 

@@ -67,8 +67,10 @@ class StepReport:
     # robust extension: the inner attack's last loss, in the steps that ran a round (lower: the
     # bank's conditionings denoise the concept's samples better, the attack is closer to success)
     attack_loss: float | None = None
-    # robust extension, at validations: the share of concept samples the held-out attack makes
+    # robust extension, at validations: the share of concept samples the held-out attack makes,
+    # and how far the neutral validation samples moved from the base model's (mean squared gap)
     held_out_attack: float | None = None
+    neutral_drift: float | None = None
     elapsed: float = 0.0
 
 
@@ -176,6 +178,8 @@ class FadeTrainer:
         self.last_good_step = 0
         self.last_validation_accuracy: float | None = None
         self.kept_attack_share: float | None = None
+        self.kept_drift: float | None = None
+        self._neutral_samples: torch.Tensor | None = None  # of the last validation
         self.steps_done = 0
         # Lines 1-2: the prompt sets, encoded once (the text encoder never changes).
         self.train_pairs = prompt_set.pairs("train")
@@ -217,6 +221,8 @@ class FadeTrainer:
                 images=cfg.robust_check_images, targets=cfg.robust_targets, sampling_steps=cfg.sampling_steps,
                 guidance=cfg.guidance, seed=cfg.seed + 3, space=cfg.robust_space,
             )
+            self.validation_accuracy()  # the LoRA has not moved yet: these are the base model's samples
+            base_neutral = self._neutral_samples
         for steps_done in range(1, cfg.steps + 1):
             attack_loss = None
             if self.adversarial is not None and steps_done % cfg.robust_every == 0:
@@ -233,10 +239,14 @@ class FadeTrainer:
                     stop = stopped_at_chance = at_chance >= cfg.stop_patience
                 else:
                     report.held_out_attack = held_out.share()
-                    # a tie goes to the later state (more updates against the inner attack): eight kept 550 over 150,
-                    # trained 2 -> 0 %; three 550 over 400, 0 -> 2 % (benchmarks/notes.md)
-                    if self.kept_attack_share is None or report.held_out_attack <= self.kept_attack_share:
-                        self._keep(steps_done, validation_accuracy, report.held_out_attack)
+                    report.neutral_drift = (self._neutral_samples - base_neutral).pow(2).mean().item()
+                    # A tie (a share counts a few of 32 samples, so ties are common) goes to the state whose
+                    # neutral samples moved least from the base model's: three (even prompt draw) tied at
+                    # updates 250, 450, 500 and 600, and the later-state rule kept 600, at 2x the base's
+                    # FID-proxy (benchmarks/notes.md).
+                    if self.kept_attack_share is None or (report.held_out_attack, report.neutral_drift) <= (
+                            self.kept_attack_share, self.kept_drift):
+                        self._keep(steps_done, validation_accuracy, report.held_out_attack, report.neutral_drift)
                     stop = report.held_out_attack <= cfg.robust_stop_share
             self._report(report)
             if stop:
@@ -254,10 +264,11 @@ class FadeTrainer:
             held_out_attack=self.kept_attack_share,
         )
 
-    def _keep(self, steps_done: int, validation_accuracy: float, attack_share: float | None = None) -> None:
+    def _keep(self, steps_done: int, validation_accuracy: float, attack_share: float | None = None,
+              neutral_drift: float | None = None) -> None:
         self.last_good = lora_state(self.adapter)
         self.last_good_step, self.last_validation_accuracy = steps_done, validation_accuracy
-        self.kept_attack_share = attack_share
+        self.kept_attack_share, self.kept_drift = attack_share, neutral_drift
 
     def _report(self, report: StepReport) -> None:
         report.elapsed = time.time() - self.started
@@ -428,6 +439,7 @@ class FadeTrainer:
                 f"the model's samples became non-finite after {self.steps_done} LoRA updates; lower "
                 f"{setting_name('learning_rate')} (now {cfg.learning_rate:g}) or {setting_name('guidance')} (now {cfg.guidance:g})"
             )
+        self._neutral_samples = samples[len(pairs):]
         mode = adversary.training
         adversary.eval()
         logits = adversary(samples).gather(1, torch.cat([heads, heads])[:, None]).squeeze(1)

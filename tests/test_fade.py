@@ -177,6 +177,19 @@ def test_a_robust_run_keeps_the_state_its_held_out_attack_judged_best_and_stops_
         assert not all(torch.equal(now[name], states[stops_after][name]) for name in now)
 
 
+def test_a_tie_of_the_held_out_attack_goes_to_the_state_whose_neutral_samples_moved_least(adapter, monkeypatch):
+    scripted = iter([0.5, 0.25, 0.25, 0.25])
+    monkeypatch.setattr(HeldOutAttack, "share", lambda self: next(scripted))
+    config = FadeConfig(steps=4, adversary_warmup=1, batch_size=4, validate_every=1, sampling_steps=4, robust_every=1,
+                        learning_rate=3e-3, **ROBUST_TINY)
+    result = FadeTrainer(adapter, default_prompt_set(["eight"], num_prompts=8), list(adapter.lora_candidates("cross_attention")),
+                         config).run()
+    drift = {r.step - config.adversary_warmup: r.neutral_drift for r in result.history if r.phase == "train"}
+    assert all(value > 0 for value in drift.values())  # the LoRA moved the neutral samples
+    tied = {step: drift[step] for step in (2, 3, 4)}
+    assert result.kept_step == min(tied, key=tied.get) and len(set(tied.values())) == 3
+
+
 def test_the_held_out_attack_starts_from_the_concepts_names_and_finds_each_concept_in_the_base_model(adapter):
     """Its starts are each concept's names alone and the empty prompt (training only ever fills the
     names into templates); judged per concept head by its own judge, the base model draws each
