@@ -178,7 +178,7 @@ class FadeTrainer:
         self.last_good_step = 0
         self.last_validation_accuracy: float | None = None
         self.kept_attack_share: float | None = None
-        self.kept_drift: float | None = None
+        self.kept_rank: tuple | None = None  # robust runs: (held-out share, D above chance, neutral drift)
         self._neutral_samples: torch.Tensor | None = None  # of the last validation
         self.steps_done = 0
         # Lines 1-2: the prompt sets, encoded once (the text encoder never changes).
@@ -187,6 +187,9 @@ class FadeTrainer:
         self._neutral_cond = adapter.encode([p.neutral_prompt for p in self.train_pairs]).to(self.device)
         self._heads = torch.tensor([prompt_set.concept_index(p.concept) for p in self.train_pairs], device=self.device)
         self._validation = self._validation_batch(prompt_set.pairs("validation"))
+        # D's validation accuracy that chance alone exceeds 5 % of the time (one-sided, normal
+        # approximation) on its 2 x len(pairs) samples: 0.62 for the default 48.
+        self.chance_band = 0.5 + 1.645 * math.sqrt(0.25 / (2 * len(self._validation[0])))
         self.adversarial = self._adversarial_bank() if self.config.robust_every else None
         self.pool = PairTrajectories(self, self.config.batch_size)
         self.replay = ReplayBuffer(self.config.replay_size)
@@ -240,13 +243,16 @@ class FadeTrainer:
                 else:
                     report.held_out_attack = held_out.share()
                     report.neutral_drift = (self._neutral_samples - base_neutral).pow(2).mean().item()
-                    # A tie (a share counts a few of 32 samples, so ties are common) goes to the state whose
-                    # neutral samples moved least from the base model's: three (even prompt draw) tied at
-                    # updates 250, 450, 500 and 600, and the later-state rule kept 600, at 2x the base's
-                    # FID-proxy (benchmarks/notes.md).
-                    if self.kept_attack_share is None or (report.held_out_attack, report.neutral_drift) <= (
-                            self.kept_attack_share, self.kept_drift):
-                        self._keep(steps_done, validation_accuracy, report.held_out_attack, report.neutral_drift)
+                    # A share counts a few of 32 samples, so ties are common. A tie goes first to a state where
+                    # D's validation accuracy is within chance (the erasure holds on ordinary prompts too), then
+                    # to the one whose neutral samples moved least from the base model's. Three (even prompt
+                    # draw) tied at updates 250, 450, 500 and 600: the later state (the old rule) kept 600, at 2x
+                    # the base's FID-proxy; the least drift alone kept 500, where D was at 0.75 and 9 % of the
+                    # trained prompts still made threes (benchmarks/notes.md).
+                    rank = (report.held_out_attack, validation_accuracy > self.chance_band, report.neutral_drift)
+                    if self.kept_rank is None or rank <= self.kept_rank:
+                        self.kept_rank = rank
+                        self._keep(steps_done, validation_accuracy, report.held_out_attack)
                     stop = report.held_out_attack <= cfg.robust_stop_share
             self._report(report)
             if stop:
@@ -264,11 +270,10 @@ class FadeTrainer:
             held_out_attack=self.kept_attack_share,
         )
 
-    def _keep(self, steps_done: int, validation_accuracy: float, attack_share: float | None = None,
-              neutral_drift: float | None = None) -> None:
+    def _keep(self, steps_done: int, validation_accuracy: float, attack_share: float | None = None) -> None:
         self.last_good = lora_state(self.adapter)
         self.last_good_step, self.last_validation_accuracy = steps_done, validation_accuracy
-        self.kept_attack_share, self.kept_drift = attack_share, neutral_drift
+        self.kept_attack_share = attack_share
 
     def _report(self, report: StepReport) -> None:
         report.elapsed = time.time() - self.started
