@@ -348,23 +348,35 @@ def markdown(results: dict, command: str, notes: str = "") -> str:
         "- **H**: Appendix B with Acc trained, against the base model's FID- and CLIP-proxy. **H worst**: the same with the",
         "  largest Acc of the row.",
         "- **wall s** and **peak MB** (resident memory above the job's start, in its own process) cover the erasure itself.",
-        f"- **Tuning budget**: every method has its chosen settings and one alternative, both measured on {TUNING_TASK} in this",
-        "  run (the rows with `@`); the plain name is the chosen one. FADE's and ESD's alternatives change the number of",
-        "  steps, UCE's the preservation weight; fade-robust's is its previous default (rounds of 10 attack steps instead of",
-        "  30, a batch of 12 instead of 24, preservation over the early half of the trajectory instead of all of it).",
-        f"- **Where the LoRA goes**: `fade` puts it on the cross-attention K/V layers the saliency picks, `fade-no-saliency` on",
-        f"  every layer of the denoiser; the `fade@family=` rows on {TUNING_TASK} put it on every attention layer, on the text",
-        "  encoder, or on both the K/V layers and the text encoder. `fade-robust` (context space) puts it on every layer of",
-        "  the denoiser; its `robust_space=tokens` rows search word embeddings read by the text encoder being trained, with",
-        "  the LoRA on the text encoder alone (the AdvUnlearn-style baseline) or on every layer and the text encoder (both",
-        "  measured with an earlier default, which their names spell out: the previous rounds, batch and preservation",
-        "  window, the anchor pulled to the base model's prediction for a neutral prompt, the bank at lr 0.01).",
-        "- **retrained**: the reference, not an eraser: the base model's training recipe (steps, seed, one thread) from",
-        "  scratch without the concept's images and captions; its wall s is that training. What an attack brings back",
-        "  from it, a model that never learned the concept, is what that attack composes from other concepts, not a",
-        "  remnant an erasure left.",
-        "",
+        "- **Where the LoRA goes**: `fade` puts it on the cross-attention K/V layers the saliency picks, `fade-no-saliency` on",
+        "  every layer of the denoiser, `fade-robust` (context space) on every layer of the denoiser.",
     ]
+    # The paragraphs on the tuning, placement and reference rows only where the run measured them.
+    measured = {method for rows in results["tasks"].values() for method in rows}
+    if measured & set(TUNING):
+        lines += [
+            f"- **Tuning budget**: every method has its chosen settings and one alternative, both measured on {TUNING_TASK} in this",
+            "  run (the rows with `@`); the plain name is the chosen one. FADE's and ESD's alternatives change the number of",
+            "  steps, UCE's the preservation weight; fade-robust's is its previous default (rounds of 10 attack steps instead of",
+            "  30, a batch of 12 instead of 24, preservation over the early half of the trajectory instead of all of it).",
+        ]
+    if measured & set(PLACEMENTS + ROBUST_PLACEMENTS):
+        lines += [
+            f"- **Placements**: the `fade@family=` rows on {TUNING_TASK} put FADE's LoRA on every attention layer, on the text",
+            "  encoder, or on both the K/V layers and the text encoder; the `robust_space=tokens` rows search word embeddings",
+            "  read by the text encoder being trained, with the LoRA on the text encoder alone (the AdvUnlearn-style baseline)",
+            "  or on every layer and the text encoder (both measured with an earlier default, which their names spell out: the",
+            "  previous rounds, batch and preservation window, the anchor pulled to the base model's prediction for a neutral",
+            "  prompt, the bank at lr 0.01).",
+        ]
+    if measured & set(REFERENCES):
+        lines += [
+            "- **retrained**: the reference, not an eraser: the base model's training recipe (steps, seed, one thread) from",
+            "  scratch without the concept's images and captions; its wall s is that training. What an attack brings back",
+            "  from it, a model that never learned the concept, is what that attack composes from other concepts, not a",
+            "  remnant an erasure left.",
+        ]
+    lines.append("")
     for task, rows in results["tasks"].items():
         lines += [f"## {task.replace('+', ' + ')}", "", "| method | " + " | ".join(c[1] for c in COLUMNS) + " |",
                   "| --- " * (len(COLUMNS) + 1) + "|"]

@@ -99,3 +99,14 @@ def test_a_kept_row_is_reused_only_with_the_prompts_it_was_measured_on(tmp_path,
     redrawn = measured | {"prompts": bench.prompt_fingerprint("five", 0)}
     assert redrawn["prompts"] != measured["prompts"]
     assert bench.saved_row(tmp_path, ("five", "uce"), redrawn) is None  # another draw: measured again
+
+
+def test_the_table_explains_tuning_placement_and_reference_rows_only_where_it_has_them():
+    from fade_core.bench import markdown
+
+    settings = {"workers": 2, "images": 1, "attack_steps": 1, "seed": 0}
+    plain = markdown({"settings": settings, "tasks": {"eight": {"base": {}, "fade": {}}}}, "cmd")
+    assert "Tuning budget" not in plain and "Placements" not in plain and "**retrained**" not in plain
+    full = markdown({"settings": settings, "tasks": {"eight": {"base": {}, "fade@steps=300": {}, "fade@family=attention": {},
+                                                               "retrained": {}}}}, "cmd")
+    assert "Tuning budget" in full and "Placements" in full and "**retrained**" in full
