@@ -177,7 +177,6 @@ class FadeTrainer:
         self.last_good: dict[str, torch.Tensor] = {}
         self.last_good_step = 0
         self.last_validation_accuracy: float | None = None
-        self.kept_attack_share: float | None = None
         self.kept_rank: tuple | None = None  # robust runs: (held-out share, D above chance, neutral drift)
         self._neutral_samples: torch.Tensor | None = None  # of the last validation
         self.steps_done = 0
@@ -251,8 +250,7 @@ class FadeTrainer:
                     # trained prompts still made threes (benchmarks/notes.md).
                     rank = (report.held_out_attack, validation_accuracy > self.chance_band, report.neutral_drift)
                     if self.kept_rank is None or rank <= self.kept_rank:
-                        self.kept_rank = rank
-                        self._keep(steps_done, validation_accuracy, report.held_out_attack)
+                        self._keep(steps_done, validation_accuracy, rank)
                     stop = report.held_out_attack <= cfg.robust_stop_share
             self._report(report)
             if stop:
@@ -270,10 +268,15 @@ class FadeTrainer:
             held_out_attack=self.kept_attack_share,
         )
 
-    def _keep(self, steps_done: int, validation_accuracy: float, attack_share: float | None = None) -> None:
+    def _keep(self, steps_done: int, validation_accuracy: float, rank: tuple | None = None) -> None:
         self.last_good = lora_state(self.adapter)
         self.last_good_step, self.last_validation_accuracy = steps_done, validation_accuracy
-        self.kept_attack_share = attack_share
+        self.kept_rank = rank
+
+    @property
+    def kept_attack_share(self) -> float | None:
+        """Robust runs: the held-out attack's share on the kept state."""
+        return None if self.kept_rank is None else self.kept_rank[0]
 
     def _report(self, report: StepReport) -> None:
         report.elapsed = time.time() - self.started
