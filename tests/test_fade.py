@@ -150,6 +150,21 @@ def test_plain_fade_stops_at_chance_and_the_robust_extension_does_not(adapter, r
     assert (result.steps_done, result.stopped_at_chance) == ((1, True) if robust_every == 0 else (3, False))
 
 
+@pytest.mark.parametrize("robust_every", [0, 2])
+def test_a_robust_run_also_checks_after_each_attack_round_before_its_first_validation(adapter, robust_every, monkeypatch):
+    """validate_every 4, 7 updates: plain FADE validates after updates 4 and 7 (the last); a robust run
+    with a round every 2 updates also after 2, and after no later round but at the regular validations."""
+    monkeypatch.setattr(HeldOutAttack, "share", lambda self: 0.5)
+    config = FadeConfig(steps=7, adversary_warmup=1, batch_size=4, validate_every=4, sampling_steps=4, stop_patience=10,
+                        robust_every=robust_every, **ROBUST_TINY)
+    result = FadeTrainer(adapter, default_prompt_set(["eight"], num_prompts=8), list(adapter.lora_candidates("cross_attention")),
+                         config).run()
+    validated = [r.step - config.adversary_warmup for r in result.history if r.validation_accuracy is not None]
+    checked = [r.step - config.adversary_warmup for r in result.history if r.held_out_attack is not None]
+    assert validated == ([4, 7] if robust_every == 0 else [2, 4, 7])
+    assert checked == ([] if robust_every == 0 else [2, 4, 7])
+
+
 @pytest.mark.parametrize(("shares", "stops_after"), [([0.5, 0.2, 0.4, 0.3], 4), ([0.5, 0.04, 0.4, 0.3], 2)])
 def test_a_robust_run_keeps_the_state_its_held_out_attack_judged_best_and_stops_once_that_attack_fails(
     adapter, monkeypatch, shares, stops_after
@@ -184,8 +199,9 @@ def test_a_tie_of_the_held_out_attack_goes_to_a_state_with_d_at_chance_then_to_t
     scripted = iter([0.5, 0.25, 0.25, 0.25])
     monkeypatch.setattr(HeldOutAttack, "share", lambda self: next(scripted))
     measure = FadeTrainer.validation_accuracy
-    accuracies = iter([0.5, 0.5, 0.95, 0.5, 0.5])  # the base model's samples first, then updates 1-4
-    monkeypatch.setattr(FadeTrainer, "validation_accuracy", lambda self, adversary=None: (measure(self, adversary), next(accuracies))[1])
+    accuracies = iter([0.5, 0.95, 0.5, 0.5])  # updates 1-4
+    monkeypatch.setattr(FadeTrainer, "validation_accuracy",
+                        lambda self, adversary=None, samples=None: (measure(self, adversary, samples), next(accuracies))[1])
     config = FadeConfig(steps=4, adversary_warmup=1, batch_size=4, validate_every=1, sampling_steps=4, robust_every=1,
                         learning_rate=3e-3, **ROBUST_TINY)
     trainer = FadeTrainer(adapter, default_prompt_set(["eight"], num_prompts=8), list(adapter.lora_candidates("cross_attention")),
