@@ -231,7 +231,7 @@ class FadeTrainer:
             report.attack_loss = attack_loss
             self.steps_done = steps_done
             stop = False
-            if self._validates_after(steps_done):
+            if self.validates_after(steps_done):
                 samples = self.validation_samples()
                 validation_accuracy = report.validation_accuracy = self.validation_accuracy(samples=samples)
                 if held_out is None:
@@ -267,7 +267,7 @@ class FadeTrainer:
             held_out_attack=self.kept_attack_share,
         )
 
-    def _validates_after(self, steps_done: int) -> bool:
+    def validates_after(self, steps_done: int) -> bool:
         """Whether a validation (in a robust run with its held-out check) follows this LoRA update."""
         cfg = self.config
         if steps_done % cfg.validate_every == 0 or steps_done == cfg.steps:

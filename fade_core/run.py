@@ -183,7 +183,7 @@ def _interrupted_in_audit(result: FadeResult, save) -> FadeInterrupted:
 
 def _diverged(trainer: FadeTrainer | None, error: FadeTrainingError, save) -> FadeTrainingError:
     if trainer is None or trainer.last_good_step == 0:
-        first = min(trainer.config.validate_every, trainer.config.steps) if trainer else 0
+        first = next(n for n in range(1, trainer.config.steps + 1) if trainer.validates_after(n)) if trainer else 0
         return FadeTrainingError(
             f"{error}; no LoRA was saved: none was validated yet (the first validation comes after {first} LoRA updates)"
         )
