@@ -9,7 +9,7 @@ method's chosen settings were compared with) and the reference of :data:`REFEREN
 
 DEFAULT_METHODS = ("fade", "fade-robust", "esd", "uce", "fade-no-adversary", "fade-no-preservation", "fade-no-saliency")
 # The reference every eraser is compared with: the base model's recipe, retrained from
-# scratch without the concept's images and captions (about an hour a job, so by default on the
+# scratch without the concept's images and captions (half an hour to an hour a job, so by default on the
 # tuning task only). What an attack brings back from it, a model that never learned the concept,
 # is how far that attack finds concepts rather than remnants of them.
 REFERENCES = ("retrained",)

@@ -24,7 +24,8 @@ def setting(default, flag: str | None = None, help: str | None = None):
 
 @dataclass
 class FadeConfig:
-    # 600: on the v2 model 300 leave 9.5 % of eight on its own prompts, 600 leave none (BENCHMARKS.md, fade@steps=300).
+    # 600: on the v2 model 300 left 10 % of eight on its own prompts under the first prompt draw and 1 % (word
+    # search 4 %) under the even draw; 600 left none (word search 1 %) (BENCHMARKS.md, fade@steps=300).
     steps: int = setting(600, "--steps", "LoRA updates (plain FADE stops earlier once the adversary is at chance, a robust run once its held-out attack fails)")
     adversary_warmup: int = setting(60, "--warmup", "adversary updates on the base model's own samples before the LoRA moves")
     batch_size: int = setting(12, "--batch-size", "prompt pairs per step")
