@@ -55,8 +55,8 @@ class FadeConfig:
     robust_every: int = setting(
         0, "--robust-every",
         "every N LoRA updates an inner attack looks for soft prompts that bring the concept back, and L_rem also "
-        "trains on them (0: off, the default; the benchmark's fade-robust: 10, with --batch-size 24 --t0 1.0 --family all; "
-        "README: How robust is the erasure)",
+        "trains on them (0: off, the default; the benchmark's fade-robust: 10, with --batch-size 24 --t0 1.0 --family all, "
+        "about nine times plain FADE's time on the embedded model; README: How robust is the erasure)",
     )
     # 30: in the benchmark's rows rounds of 10 left the soft-prompt attack at 36-83 % on the single digits,
     # rounds of 30 (with a batch of 24 and t0_fraction 1.0, its fade-robust) at 5-46 %; one training seed
