@@ -83,11 +83,6 @@ class FadeConfig:
     # stops and which of its states it keeps
     robust_check_steps: int = 300  # Adam steps of the held-out attack (the benchmark's soft prompt takes 300)
     robust_check_images: int = 32  # samples judged per start of the held-out attack
-    # samples of each concept's validation prompts, unattacked, that the check judges as well (0: none).
-    # With some, a state counts by the worse of the attack's share and theirs, and a run stops only
-    # where none of them is judged concept: a stop at 10 % on the attack alone ended five (training
-    # seed 1) after 30 updates with 14 % of its trained prompts still making fives (benchmarks/notes.md).
-    robust_check_prompts: int = 0
     # 0: on eight (seed 0) a stop at 5 % came after 150 updates, where a soft prompt still brought back
     # 21 % and 2 % were left on the training prompts; run on until the judge found none, the run kept update
     # 550, judged the same, at 0 and 0 % (3.4x plain FADE's time instead of 0.9x); three's worst attack
@@ -134,7 +129,6 @@ class FadeConfig:
         _require_whole("audit_samples", self.audit_samples, 4)
         for name in ("robust_every", "robust_warmup_steps", "robust_check_steps"):
             _require_whole(name, getattr(self, name), 0)
-        _require_whole("robust_check_prompts", self.robust_check_prompts, 0)
         for name in ("robust_attack_steps", "robust_bank_size", "robust_targets", "robust_check_images"):
             _require_whole(name, getattr(self, name), 1)
         for name in ("robust_share", "robust_refresh", "robust_stop_share"):

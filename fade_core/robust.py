@@ -186,14 +186,8 @@ class HeldOutAttack:
         guidance: float,
         seed: int,
         space: str,
-        plain_prompts: list[list[str]] | None = None,
     ) -> None:
         self.adapter = adapter
-        # Each concept's own prompts, unattacked, each list judged on noise fixed here (``plain_share``):
-        # the attack from the names alone can fail where ordinary prompts still make the concept.
-        self.plain_prompts = plain_prompts or []
-        if self.plain_prompts:  # a generator of its own: without plain prompts every draw stays as before
-            self.plain_noise = initial_noise(adapter, max(map(len, self.plain_prompts)), torch.Generator().manual_seed(seed + 1))
         self.steps, self.images, self.seed, self.space = steps, images, seed, space
         self.sampling_steps, self.guidance = sampling_steps, guidance
         generator = torch.Generator().manual_seed(seed)
@@ -218,17 +212,6 @@ class HeldOutAttack:
             with torch.no_grad():
                 x = sample(self.adapter, found[[i] * self.images], self.noise, num_steps=self.sampling_steps, guidance=self.guidance)
                 worst = max(worst, (self.judge(x)[:, head] > 0).float().mean().item())
-        return worst
-
-    @torch.no_grad()
-    def plain_share(self) -> float:
-        """The worst concept's share of samples the judge calls concept for its own prompts, unattacked
-        (``plain_prompts``, encoded anew: a LoRA in the text encoder changes how it reads them)."""
-        worst = 0.0
-        for head, prompts in enumerate(self.plain_prompts):
-            x = sample(self.adapter, self.adapter.encode(prompts).to(self.adapter.device), self.plain_noise[:len(prompts)],
-                       num_steps=self.sampling_steps, guidance=self.guidance)
-            worst = max(worst, (self.judge(x)[:, head] > 0).float().mean().item())
         return worst
 
 

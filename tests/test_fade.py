@@ -192,22 +192,6 @@ def test_a_robust_run_keeps_the_state_its_held_out_attack_judged_best_and_stops_
         assert not all(torch.equal(now[name], states[stops_after][name]) for name in now)
 
 
-def test_with_plain_prompts_checked_a_robust_run_stops_only_where_its_own_prompts_no_longer_make_the_concept(adapter, monkeypatch):
-    """The attack's share (scripted) is 0 from the first check on, the share of the concept's own
-    validation prompts (scripted) 0.5, then 0.25, then 0: the run stops after update 3, not 1, and
-    ranks states by the worse of the two shares (update 3)."""
-    monkeypatch.setattr(HeldOutAttack, "share", lambda self: 0.0)
-    plain = iter([0.5, 0.25, 0.0, 0.0])
-    monkeypatch.setattr(HeldOutAttack, "plain_share", lambda self: next(plain))
-    config = FadeConfig(steps=4, adversary_warmup=1, batch_size=4, validate_every=1, sampling_steps=4, robust_every=1,
-                        robust_stop_share=0.1, robust_check_prompts=3, **ROBUST_TINY)
-    trainer = FadeTrainer(adapter, default_prompt_set(["eight"], num_prompts=8), list(adapter.lora_candidates("cross_attention")),
-                          config)
-    result = trainer.run()
-    assert (result.steps_done, result.kept_step) == (3, 3)
-    assert [r.held_out_plain for r in result.history if r.phase == "train"] == [0.5, 0.25, 0.0]
-
-
 def test_a_tie_of_the_held_out_attack_goes_to_a_state_with_d_at_chance_then_to_the_least_neutral_drift(adapter, monkeypatch):
     """Updates 2-4 tie on the held-out attack (scripted); D's validation accuracy (scripted, the
     samples are real) is far above chance at update 2, so the tie goes to 3 or 4, whichever moved
@@ -236,14 +220,12 @@ def test_the_held_out_attack_starts_from_the_concepts_names_and_finds_each_conce
     concept from its names: the worst start's share is high."""
     prompt_set = default_prompt_set(["eight", "three"], num_prompts=24)
     held_out = HeldOutAttack(adapter, prompt_set, steps=0, images=8, targets=32, sampling_steps=10,
-                             guidance=2.0, seed=0, space="context",
-                             plain_prompts=[[p.concept_prompt for p in prompt_set.validation if p.concept == c][:8] for c in prompt_set.concepts])
+                             guidance=2.0, seed=0, space="context")
     assert held_out.starts == [["eight", "8", ""], ["three", "3", ""]]
     assert not {s for starts in held_out.starts for s in starts} & {p.concept_prompt for p in prompt_set.train}
     assert [len(t) for t in held_out.targets] == [32, 32]
     assert attacks.is_concept(held_out.targets[0], "eight").float().mean() >= 0.75  # the base model's picture of each name
     assert held_out.share() >= 0.75
-    assert held_out.plain_share() >= 0.75  # and each concept from its own prompts
 
 
 def test_the_held_out_judge_tells_each_concept_from_its_neutral_prompts_on_fresh_samples(adapter):
