@@ -87,8 +87,9 @@ class FadeConfig:
     # 21 % and 2 % were left on the training prompts; run on until the judge found none, the run kept update
     # 550, judged the same, at 0 and 0 % (3.4x plain FADE's time instead of 0.9x); three's worst attack
     # went 3 -> 5 %, its FID-proxy 1.16 -> 1.10x, its time 3.0 -> 4.6x (benchmarks/notes.md)
-    # Under the even draw a stop at 10 % meets every target on three at 2.2x plain FADE's time, but on eight
-    # (training seeds 1, 2) it stopped with 3 and 8 % left on the training prompts (benchmarks/notes.md).
+    # Under the even draw a stop at 10 % meets every target on three at 2.2x plain FADE's time (training
+    # seed 0), but with training seeds 1 and 2 it stopped three, five and eight at states that leave 3-14 %
+    # on their own prompts (benchmarks/notes.md).
     robust_stop_share: float = setting(
         0.0, "--robust-stop",
         "a robust run stops once its held-out attack makes no more than this share of concept samples "
