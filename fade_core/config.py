@@ -95,6 +95,9 @@ class FadeConfig:
         "a robust run stops once its held-out attack makes no more than this share of concept samples "
         "(judged by a detector trained on the base model's samples); otherwise it keeps its best-judged state",
     )
+    # held-out checks in a row at or below robust_stop_share before a robust run stops (each counts 32
+    # samples, so 0 of 32 happens by chance at a true rate of a few percent)
+    robust_stop_patience: int = 1
 
     def check(self) -> None:
         """Refuses any setting that cannot work, naming it and what to use instead."""
@@ -130,7 +133,7 @@ class FadeConfig:
         _require_whole("audit_samples", self.audit_samples, 4)
         for name in ("robust_every", "robust_warmup_steps", "robust_check_steps"):
             _require_whole(name, getattr(self, name), 0)
-        for name in ("robust_attack_steps", "robust_bank_size", "robust_targets", "robust_check_images"):
+        for name in ("robust_attack_steps", "robust_bank_size", "robust_targets", "robust_check_images", "robust_stop_patience"):
             _require_whole(name, getattr(self, name), 1)
         for name in ("robust_share", "robust_refresh", "robust_stop_share"):
             value = getattr(self, name)

@@ -212,6 +212,7 @@ class FadeTrainer:
         state that attack judged best."""
         cfg = self.config
         at_chance, validation_accuracy, steps_done, stopped_at_chance = 0, float("nan"), 0, False
+        held = 0  # robust runs: held-out checks in a row at or below robust_stop_share
         # Robust runs do not stop at chance: D at chance on ordinary prompts says nothing about what
         # an attack still finds (five, training seed 2: the soft prompt at 96 % when stopped at
         # chance). They watch an attack of their own instead (robust.HeldOutAttack).
@@ -250,7 +251,8 @@ class FadeTrainer:
                     rank = (report.held_out_attack, validation_accuracy > self.chance_band, report.neutral_drift)
                     if self.kept_rank is None or rank <= self.kept_rank:
                         self._keep(steps_done, validation_accuracy, rank)
-                    stop = report.held_out_attack <= cfg.robust_stop_share
+                    held = held + 1 if report.held_out_attack <= cfg.robust_stop_share else 0
+                    stop = held >= cfg.robust_stop_patience
             self._report(report)
             if stop:
                 break

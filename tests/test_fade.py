@@ -192,6 +192,19 @@ def test_a_robust_run_keeps_the_state_its_held_out_attack_judged_best_and_stops_
         assert not all(torch.equal(now[name], states[stops_after][name]) for name in now)
 
 
+def test_with_robust_stop_patience_a_robust_run_stops_only_after_that_many_low_checks_in_a_row(adapter, monkeypatch):
+    """Shares scripted: at most robust_stop_share (0.05) after updates 2, 4 and 5; with a patience of
+    2 the low check at 2 alone does not stop the run, the ones at 4 and 5 do."""
+    shares = [0.5, 0.04, 0.4, 0.03, 0.02, 0.3]
+    scripted = iter(shares)
+    monkeypatch.setattr(HeldOutAttack, "share", lambda self: next(scripted))
+    config = FadeConfig(steps=6, adversary_warmup=1, batch_size=4, validate_every=1, sampling_steps=4, robust_every=1,
+                        robust_stop_share=0.05, robust_stop_patience=2, **ROBUST_TINY)
+    result = FadeTrainer(adapter, default_prompt_set(["eight"], num_prompts=8), list(adapter.lora_candidates("cross_attention")),
+                         config).run()
+    assert (result.steps_done, result.kept_step, result.held_out_attack) == (5, 5, 0.02)
+
+
 def test_a_tie_of_the_held_out_attack_goes_to_a_state_with_d_at_chance_then_to_the_least_neutral_drift(adapter, monkeypatch):
     """Updates 2-4 tie on the held-out attack (scripted); D's validation accuracy (scripted, the
     samples are real) is far above chance at update 2, so the tie goes to 3 or 4, whichever moved
