@@ -43,6 +43,9 @@ class FadeConfig:
     adversary: str = "latent"  # "latent" or "clip"
     removal: str = "adversary"  # L_rem; "l2" is the paper's Table 2 ablation (no adversary in the loss)
     validate_every: int = 50
+    # 0: validations judge, and a run keeps, the LoRA as trained; otherwise an exponential moving average of
+    # it with this decay (fade.py, FadeTrainer.averaged_lora)
+    lora_average_decay: float = 0.0
     validation_repeats: int = 2  # samples per validation pair
     stop_accuracy: float = 0.55  # D's validation accuracy counted as chance
     stop_patience: int = 2  # consecutive validations at chance before stopping (plain FADE only)
@@ -127,6 +130,8 @@ class FadeConfig:
             raise FadeInputError(f"adversary is {self.adversary!r}; use 'latent' or 'clip'")
         if self.removal not in ("adversary", "l2"):
             raise FadeInputError(f"removal is {self.removal!r}; use 'adversary' (FADE) or 'l2' (the ablation)")
+        if not (_is_number(self.lora_average_decay) and 0.0 <= self.lora_average_decay < 1.0):
+            raise FadeInputError(f"lora_average_decay is {self.lora_average_decay}; use 0 (off) or a decay below 1, such as 0.98")
         if not (_is_number(self.stop_accuracy) and 0.5 <= self.stop_accuracy <= 1.0):
             raise FadeInputError(f"stop_accuracy is {self.stop_accuracy}; use a number between 0.5 (chance) and 1")
         _require_whole("seed", self.seed, 0, MAX_SEED)

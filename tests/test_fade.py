@@ -192,6 +192,30 @@ def test_a_robust_run_keeps_the_state_its_held_out_attack_judged_best_and_stops_
         assert not all(torch.equal(now[name], states[stops_after][name]) for name in now)
 
 
+@pytest.mark.parametrize("decay", [0.0, 0.9])
+def test_with_lora_average_decay_validations_judge_and_a_run_keeps_the_moving_average(adapter, decay):
+    """The state each validation's callback sees, the live LoRA after each update (taken from the
+    optimiser's step) and the result: with the average on, what validations see after the first
+    update is not the live LoRA, and the run returns what its last validation saw."""
+    config = FadeConfig(steps=3, adversary_warmup=1, batch_size=4, validate_every=1, sampling_steps=4, lora_average_decay=decay,
+                        stop_patience=99)
+    validated, live = [], []
+
+    def record(report):
+        if report.phase == "train":
+            validated.append(lora_state(adapter))
+
+    trainer = FadeTrainer(adapter, default_prompt_set(["eight"], num_prompts=8), list(adapter.lora_candidates("cross_attention")),
+                          config, callback=record)
+    step = trainer.model_optimizer.step
+    trainer.model_optimizer.step = lambda *args, **kwargs: (step(*args, **kwargs), live.append(lora_state(adapter)))[0]
+    result = trainer.run()
+    same = lambda a, b: all(torch.equal(a[name], b[name]) for name in a)  # noqa: E731
+    assert len(validated) == len(live) == 3 and same(result.lora, validated[-1])
+    # the average of the first update alone is that update
+    assert [same(seen, now) for seen, now in zip(validated, live)] == [True, decay == 0.0, decay == 0.0]
+
+
 def test_with_robust_stop_patience_a_robust_run_stops_only_after_that_many_low_checks_in_a_row(adapter, monkeypatch):
     """Shares scripted: at most robust_stop_share (0.05) after updates 2, 4 and 5; with a patience of
     2 the low check at 2 alone does not stop the run, the ones at 4 and 5 do."""
