@@ -46,7 +46,8 @@ class FadeConfig:
     # 0: validations judge, and a run keeps, the LoRA as trained; otherwise an exponential moving average of
     # it with this decay (fade.py, FadeTrainer.averaged_lora). 0.98 with robust_stop_patience 2 met every digit
     # target on three with training seeds 1 and 2 where the default missed on its own prompts (6 and 2 %
-    # trained); off until the benchmark's six tasks are measured with it (benchmarks/notes.md).
+    # trained), not on eight (seed 1: 2 % trained, soft prompt 16 %); off until the benchmark's six tasks are
+    # measured with it (benchmarks/notes.md).
     lora_average_decay: float = 0.0
     validation_repeats: int = 2  # samples per validation pair
     stop_accuracy: float = 0.55  # D's validation accuracy counted as chance
