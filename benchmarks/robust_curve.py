@@ -14,7 +14,8 @@ benchmark's (``bench.erase``): measuring draws no random numbers of the training
 checkpoint is the benchmark's row for that seed. Per step it records D's batch accuracy, D's
 validation accuracy, the inner attack's loss and, where the run validates, its held-out attack's share
 and the neutral drift: the signals a stopping or keep rule could use. ``--states DIR`` also saves the
-LoRA of every checkpoint (safetensors), to measure chosen states further later.
+LoRA of every checkpoint (safetensors); benchmarks/robust_state_row.py measures a chosen one as a
+benchmark row.
 
 Results go to benchmarks/robust_curve_<task>.json (other methods and seeds measured before are kept)
 and a table is printed.
@@ -77,7 +78,8 @@ def measure(task: str, method: str, train_seed: int, checkpoints: set[int] | Non
             return
         started = time.perf_counter()
         if states is not None:
-            save_safetensors(lora_state(adapter), states / f"{task}_{method}_seed{train_seed}_{update}.safetensors")
+            name = f"{task}_{method}_seed{train_seed}_{update}".replace("/", "_")  # a setting's value cannot leave the folder
+            save_safetensors(lora_state(adapter), states / f"{name}.safetensors")
         scores = judge.measure(adapter, concepts)
         check = {"update": update, "acc_trained": scores.acc_concept,
                  "acc_unseen": sum(judge.concept_accuracy(adapter, c, bench.unseen_prompts(c)) for c in concepts) / len(concepts),
