@@ -186,6 +186,13 @@ class FadeTrainer:
         self.last_validation_accuracy: float | None = None
         self.kept_rank: tuple | None = None  # robust runs: (held-out share, D above chance, neutral drift)
         self.steps_done = 0
+        # The stopping rule (_validate): validations in a row that passed it, D at chance for plain FADE,
+        # the held-out attack failing for a robust run; the robust run's held-out attack and the base
+        # model's neutral validation samples, which its drift is measured from.
+        self.passed_in_a_row = 0
+        self.stopped_at_chance = False
+        self.held_out: HeldOutAttack | None = None
+        self.base_neutral: torch.Tensor | None = None
         # Lines 1-2: the prompt sets, encoded once (the text encoder never changes).
         self.train_pairs = prompt_set.pairs("train")
         self._concept_cond = adapter.encode([p.concept_prompt for p in self.train_pairs]).to(self.device)
@@ -218,19 +225,16 @@ class FadeTrainer:
         stops once D stays at chance; a robust run once its held-out attack fails, and keeps the
         state that attack judged best."""
         cfg = self.config
-        at_chance, validation_accuracy, steps_done, stopped_at_chance = 0, float("nan"), 0, False
-        held = 0  # robust runs: held-out checks in a row at or below robust_stop_share
         # Robust runs do not stop at chance: D at chance on ordinary prompts says nothing about what
         # an attack still finds (five, training seed 2: the soft prompt at 96 % when stopped at
         # chance). They watch an attack of their own instead (robust.HeldOutAttack).
-        held_out = None
         if self.adversarial is not None:
-            held_out = HeldOutAttack(
+            self.held_out = HeldOutAttack(
                 self.adapter, self.prompt_set, steps=cfg.robust_check_steps,
                 images=cfg.robust_check_images, targets=cfg.robust_targets, sampling_steps=cfg.sampling_steps,
                 guidance=cfg.guidance, seed=cfg.seed + 3, space=cfg.robust_space,
             )
-            base_neutral = self.validation_samples().chunk(2)[1]  # the LoRA has not moved yet
+            self.base_neutral = self.validation_samples().chunk(2)[1]  # the LoRA has not moved yet
         for steps_done in range(1, cfg.steps + 1):
             attack_loss = None
             if self.adversarial is not None and steps_done % cfg.robust_every == 0:
@@ -238,47 +242,56 @@ class FadeTrainer:
             report = self._step(cfg.adversary_warmup + steps_done, training=True)
             report.attack_loss = attack_loss
             self.steps_done = steps_done
-            stop = False
             validating = self.validates_after(steps_done)
             with self.averaged_lora() if validating else contextlib.nullcontext():  # the report's callback sees it too
-                if validating:
-                    samples = self.validation_samples()
-                    validation_accuracy = report.validation_accuracy = self.validation_accuracy(samples=samples)
-                    if held_out is None:
-                        self._keep(steps_done, validation_accuracy)
-                        at_chance = at_chance + 1 if validation_accuracy <= cfg.stop_accuracy else 0
-                        stop = stopped_at_chance = at_chance >= cfg.stop_patience
-                    else:
-                        report.held_out_attack = held_out.share()
-                        report.neutral_drift = (samples.chunk(2)[1] - base_neutral).pow(2).mean().item()
-                        # A share counts a few of 32 samples, so ties are common. A tie goes first to a state where
-                        # D's validation accuracy is within chance (the erasure holds on ordinary prompts too), then
-                        # to the one whose neutral samples moved least from the base model's. Three (even prompt
-                        # draw) tied at updates 250, 450, 500 and 600: the later state (the old rule) kept 600, at 2x
-                        # the base's FID-proxy; the least drift alone kept 500, where D was at 0.75 and 9 % of the
-                        # trained prompts still made threes (benchmarks/notes.md).
-                        rank = (report.held_out_attack, validation_accuracy > self.chance_band, report.neutral_drift)
-                        if self.kept_rank is None or rank <= self.kept_rank:
-                            self._keep(steps_done, validation_accuracy, rank)
-                        held = held + 1 if report.held_out_attack <= cfg.robust_stop_share else 0
-                        stop = held >= cfg.robust_stop_patience
+                stop = validating and self._validate(report)
                 self._report(report)
             if stop:
                 break
-        if held_out is not None:  # the erased model is the state the held-out attack judged best
+        if self.held_out is not None:  # the erased model is the state the held-out attack judged best
             load_lora_state(self.adapter, self.last_good)
         elif self.lora_average is not None:
             self.lora_average.copy_to(self.lora_parameters)
+        # The last update always validates, and plain FADE keeps every validated state: kept_step is
+        # then steps_done.
         return FadeResult(
             lora=lora_state(self.adapter),
-            steps_done=steps_done,
-            validation_accuracy=self.last_validation_accuracy if held_out is not None else validation_accuracy,
-            stopped_at_chance=stopped_at_chance,
+            steps_done=self.steps_done,
+            validation_accuracy=self.last_validation_accuracy,
+            stopped_at_chance=self.stopped_at_chance,
             history=self.history,
             seconds=time.time() - self.started,
-            kept_step=self.last_good_step if held_out is not None else steps_done,
+            kept_step=self.last_good_step,
             held_out_attack=self.kept_attack_share,
         )
+
+    def _validate(self, report: StepReport) -> bool:
+        """The stopping rule ("every few steps" above; the paper's listing has none): judge the state
+        after ``self.steps_done`` updates, keep it if it is the best so far, and say whether the run
+        stops. Plain FADE keeps every state and stops once D has been at chance ``stop_patience``
+        validations in a row; a robust run keeps the state its held-out attack judges best and stops
+        once that attack has failed ``robust_stop_patience`` checks in a row."""
+        cfg = self.config
+        samples = self.validation_samples()
+        report.validation_accuracy = self.validation_accuracy(samples=samples)
+        if self.held_out is None:
+            self._keep(report.validation_accuracy)
+            self.passed_in_a_row = self.passed_in_a_row + 1 if report.validation_accuracy <= cfg.stop_accuracy else 0
+            self.stopped_at_chance = self.passed_in_a_row >= cfg.stop_patience
+            return self.stopped_at_chance
+        report.held_out_attack = self.held_out.share()
+        report.neutral_drift = (samples.chunk(2)[1] - self.base_neutral).pow(2).mean().item()
+        # A share counts a few of 32 samples, so ties are common. A tie goes first to a state where
+        # D's validation accuracy is within chance (the erasure holds on ordinary prompts too), then
+        # to the one whose neutral samples moved least from the base model's. Three (even prompt
+        # draw) tied at updates 250, 450, 500 and 600: the later state (the old rule) kept 600, at 2x
+        # the base's FID-proxy; the least drift alone kept 500, where D was at 0.75 and 9 % of the
+        # trained prompts still made threes (benchmarks/notes.md).
+        rank = (report.held_out_attack, report.validation_accuracy > self.chance_band, report.neutral_drift)
+        if self.kept_rank is None or rank <= self.kept_rank:
+            self._keep(report.validation_accuracy, rank)
+        self.passed_in_a_row = self.passed_in_a_row + 1 if report.held_out_attack <= cfg.robust_stop_share else 0
+        return self.passed_in_a_row >= cfg.robust_stop_patience
 
     def validates_after(self, steps_done: int) -> bool:
         """Whether a validation (in a robust run with its held-out check) follows this LoRA update."""
@@ -308,9 +321,9 @@ class FadeTrainer:
         finally:
             self.lora_average.restore(self.lora_parameters)
 
-    def _keep(self, steps_done: int, validation_accuracy: float, rank: tuple | None = None) -> None:
+    def _keep(self, validation_accuracy: float, rank: tuple | None = None) -> None:
         self.last_good = lora_state(self.adapter)
-        self.last_good_step, self.last_validation_accuracy = steps_done, validation_accuracy
+        self.last_good_step, self.last_validation_accuracy = self.steps_done, validation_accuracy
         self.kept_rank = rank
 
     @property
