@@ -1,0 +1,172 @@
+"""Every saved state of one robust run, measured for what a keep rule could rank states by.
+
+    python benchmarks/robust_states.py --task three --method fade-robust --train-seed 1 --states DIR
+
+robust_curve.py --states saves the LoRA at every validation of a run; this script puts each one back
+(as robust_state_row.py does) and measures, per state:
+
+- the run's own held-out check (robust.HeldOutAttack, rebuilt with the run's seed, so its first 32
+  samples per start give the share the run recorded) at ``--check-images`` samples per start: does a
+  larger check rank the states as the benchmark's attacks do;
+- the benchmark's two embedding attacks (soft prompt and inversion: 300 steps, 100 images, seed 0);
+- ``--plain-images`` samples of the concept's prompts (the benchmark's trained prompts, seed 5),
+  as the evaluator labels them and as the check's judge does: could that judge stand in for the
+  evaluator on the plain prompts, which the held-out check does not see.
+
+``--no-attacks`` measures the plain prompts only (seconds per state instead of two minutes).
+Results go to benchmarks/robust_states_<task>.json (other runs measured before are kept), with the
+figures robust_curve_<task>.json recorded for the same states beside them in the printed table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from fade_core.files import update_json  # noqa: E402
+from fade_core.report import markdown_table  # noqa: E402
+
+PLAIN_SEED = 5  # not the benchmark's judge seed (0), so the plain-prompt share is a second draw
+
+
+def state_files(folder: Path, task: str, method: str, train_seed: int) -> dict[int, Path]:
+    """The states robust_curve.py --states saved for the run, by LoRA updates."""
+    prefix = f"{task}_{method}_seed{train_seed}_".replace("/", "_")
+    found = {}
+    for path in folder.glob("*.safetensors"):
+        match = re.fullmatch(re.escape(prefix) + r"(\d+)\.safetensors", path.name)
+        if match:
+            found[int(match.group(1))] = path
+    return dict(sorted(found.items()))
+
+
+def measure(task: str, method: str, train_seed: int, files: dict[int, Path], *, plain_images: int, check_images: int,
+            with_attacks: bool, on_state: Callable[[int, dict], None]) -> None:
+    """Measures each state in turn and hands its figures to ``on_state(updates, row)``."""
+    import torch
+    from safetensors.torch import load_file
+
+    from fade_core import bench
+    from fade_core.attack import embedding_attack
+    from fade_core.bench_tasks import method_settings
+    from fade_core.config import FadeConfig
+    from fade_core.digits import attacks, data
+    from fade_core.digits.judge import default_prompt_set, load_evaluator
+    from fade_core.digits.model import DEFAULT_GUIDANCE, DEFAULT_SAMPLING_STEPS, load_adapter
+    from fade_core.lora import attach_lora, load_lora_state, lora_disabled
+    from fade_core.robust import HeldOutAttack
+    from fade_core.sampling import generate, sample
+
+    torch.set_num_threads(1)
+    adapter = load_adapter()
+    prompt_set = default_prompt_set([task], seed=train_seed)
+    config = FadeConfig(seed=train_seed, **bench.ROBUST_SETTINGS)
+    for key, value in method_settings(method).items():
+        setattr(config, key, value)
+    modules = bench.lora_modules(adapter, prompt_set, bench.ROBUST_FAMILY, train_seed)
+    attach_lora(adapter, modules, config.lora_rank, config.lora_alpha, train_seed)
+    with lora_disabled(adapter):  # as the run built it, before its LoRA moved
+        held_out = HeldOutAttack(adapter, prompt_set, steps=config.robust_check_steps, images=check_images,
+                                 targets=config.robust_targets, sampling_steps=config.sampling_steps,
+                                 guidance=config.guidance, seed=train_seed + 3, space=config.robust_space)
+    evaluator = load_evaluator()
+    prompts = [p.concept_prompt for p in default_prompt_set([task]).pairs("all")]
+    plain_prompts = [prompts[i % len(prompts)] for i in range(plain_images)]
+    digit = data.DIGIT_NAMES.index(task)
+    for update, path in files.items():
+        started = time.perf_counter()
+        load_lora_state(adapter, load_file(path))
+        x = generate(adapter, plain_prompts, seed=PLAIN_SEED, num_steps=DEFAULT_SAMPLING_STEPS, guidance=DEFAULT_GUIDANCE)
+        with torch.no_grad():
+            row = {"plain_evaluator": (evaluator.classify(x)[0] == digit).float().mean().item(),
+                   "plain_judge": (held_out.judge(x)[:, 0] > 0).float().mean().item()}
+        if with_attacks:
+            starts = [start for group in held_out.starts for start in group]
+            with torch.enable_grad():
+                found = embedding_attack(adapter, starts, [held_out.targets[0]] * len(starts), steps=held_out.steps,
+                                         seed=held_out.seed, space=held_out.space)
+            per_start = []
+            for i in range(len(starts)):
+                with torch.no_grad():
+                    samples = sample(adapter, found[[i] * check_images], held_out.noise, num_steps=held_out.sampling_steps,
+                                     guidance=held_out.guidance)
+                    per_start.append((held_out.judge(samples)[:, 0] > 0).float())
+            row |= {"check_32": max(calls[:32].mean().item() for calls in per_start),
+                    f"check_{check_images}": max(calls.mean().item() for calls in per_start),
+                    "soft_prompt": attacks.embedding_attack_accuracy(adapter, task, steps=300, images=100, seed=0).acc,
+                    "inversion": attacks.embedding_attack_accuracy(adapter, task, steps=300, images=100, seed=0, space="tokens").acc}
+        row["seconds"] = time.perf_counter() - started
+        print(f"{task} {method} seed {train_seed} update {update}: {json.dumps(row)}", flush=True)
+        on_state(update, row)
+
+
+def table(task: str, results: dict) -> str:
+    curve_path = ROOT / "benchmarks" / f"robust_curve_{task}.json"
+    curves = json.loads(curve_path.read_text())["methods"] if curve_path.is_file() else {}
+    percent = lambda value: "" if value is None else f"{100 * value:.1f}"  # noqa: E731
+    rows = []
+    for method, by_seed in results.items():
+        for seed, states in by_seed.items():
+            run = curves.get(method, {}).get(seed, {})
+            trained = {c["update"]: c["acc_trained"] for c in run.get("checks", [])}
+            recorded = {s["update"]: s.get("held_out_attack") for s in run.get("steps", [])}
+            for update, row in states.items():
+                larger = next((key for key in row if key.startswith("check_") and key != "check_32"), None)
+                rows.append([method, seed, update, percent(trained.get(int(update))), percent(row["plain_evaluator"]),
+                             percent(row["plain_judge"]), percent(recorded.get(int(update))), percent(row.get("check_32")),
+                             percent(row.get(larger)) if larger else "", percent(row.get("soft_prompt")), percent(row.get("inversion"))])
+    header = ["method", "training seed", "LoRA updates", "trained % (curve: 100 images, seed 0)", "trained % (evaluator, seed 5)",
+              "trained % (check's judge, seed 5)", "check % (as recorded)", "check % (32 per start)", "check % (larger)",
+              "soft prompt %", "inversion %"]
+    return markdown_table(header, rows)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", required=True, help="a single-digit task, such as three")
+    parser.add_argument("--method", default="fade-robust", help="the method robust_curve.py ran, settings included")
+    parser.add_argument("--train-seed", type=int, required=True)
+    parser.add_argument("--states", type=Path, required=True, help="the folder robust_curve.py --states wrote")
+    parser.add_argument("--plain-images", type=int, default=200)
+    parser.add_argument("--check-images", type=int, default=128, help="samples per start of the held-out check (32 or more)")
+    parser.add_argument("--no-attacks", action="store_true", help="the plain prompts only")
+    args = parser.parse_args()
+    from fade_core.digits import data
+
+    if args.task not in data.DIGIT_NAMES:
+        parser.error(f"--task {args.task!r}: give one digit's name, such as three")
+    if args.check_images < 32:
+        parser.error("--check-images: give 32 or more (the first 32 per start are the run's own check)")
+    files = state_files(args.states, args.task, args.method, args.train_seed) if args.states.is_dir() else {}
+    if not files:
+        parser.error(f"--states {args.states}: no states of {args.task} {args.method} seed {args.train_seed} "
+                     "(robust_curve.py --states names them <task>_<method>_seed<N>_<updates>.safetensors)")
+    path = ROOT / "benchmarks" / f"robust_states_{args.task}.json"
+    settings = {"plain_images": args.plain_images, "plain_seed": PLAIN_SEED}
+    if path.is_file() and json.loads(path.read_text()).get("settings") != settings:
+        parser.error(f"{path} holds states measured with other settings; give the same --plain-images, or move that file aside")
+
+    def save(update: int, row: dict) -> None:  # each state as it is measured, into the file as it is now
+        def add(latest: dict) -> dict:
+            run = latest.setdefault("methods", {}).setdefault(args.method, {}).setdefault(str(args.train_seed), {})
+            run[str(update)] = run.get(str(update), {}) | row  # a plain-only pass keeps attack figures measured before
+            return latest | {"task": args.task, "settings": settings}
+        update_json(path, add)
+
+    measure(args.task, args.method, args.train_seed, files, plain_images=args.plain_images, check_images=args.check_images,
+            with_attacks=not args.no_attacks, on_state=save)
+    print(table(args.task, json.loads(path.read_text())["methods"]))
+    print(f"results: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
