@@ -15,7 +15,9 @@ robust_curve.py --states saves the LoRA at every validation of a run; this scrip
 
 ``--no-attacks`` measures the plain prompts only (seconds per state instead of two minutes).
 Results go to benchmarks/robust_states_<task>.json (other runs measured before are kept), with the
-figures robust_curve_<task>.json recorded for the same states beside them in the printed table.
+figures robust_curve_<task>.json recorded for the same states beside them in the printed table, and
+a second table: which state each ranking (the run's check, the check with the judge's plain-prompt
+share, the larger check) would keep.
 """
 
 from __future__ import annotations
@@ -129,6 +131,47 @@ def table(task: str, results: dict) -> str:
     return markdown_table(header, rows)
 
 
+def kept_states(task: str, results: dict) -> str:
+    """Which state each ranking would keep, with the keep rule's tie-breaks (FadeTrainer._validate: FADE's
+    adversary within chance on the validation prompts, then the least neutral drift; a later state wins
+    a full tie), from the figures robust_curve_<task>.json recorded for the run."""
+    from fade_core.config import FadeConfig
+    from fade_core.digits.judge import default_prompt_set
+
+    curves = json.loads((ROOT / "benchmarks" / f"robust_curve_{task}.json").read_text())["methods"]
+    rankings = {
+        "the run's check (32 per start)": lambda row, recorded: recorded,
+        "the check at 32 plus the judge on the trained prompts": lambda row, recorded: recorded + row["plain_judge"],
+        "the larger of the two": lambda row, recorded: max(recorded, row["plain_judge"]),
+        "the check at its larger sample": lambda row, recorded: next(
+            (value for key, value in row.items() if key.startswith("check_") and key != "check_32"), None),
+    }
+    percent = lambda value: "" if value is None else f"{100 * value:.1f}"  # noqa: E731
+    rows = []
+    for method, by_seed in results.items():
+        for seed, states in by_seed.items():
+            steps = {s["update"]: s for s in curves[method][seed]["steps"]}
+            checks = {c["update"]: c for c in curves[method][seed]["checks"]}
+            validation = len(default_prompt_set([task], seed=int(seed)).validation) * FadeConfig().validation_repeats
+            chance_band = 0.5 + 1.645 * (0.25 / (2 * validation)) ** 0.5
+            for name, score in rankings.items():
+                best, best_rank = None, None
+                for update, row in states.items():
+                    step = steps[int(update)]
+                    value = score(row, step["held_out_attack"])
+                    if value is None:
+                        break
+                    rank = (value, step["validation_accuracy"] > chance_band, step["neutral_drift"])
+                    if best_rank is None or rank <= best_rank:
+                        best, best_rank = update, rank
+                else:
+                    row, check = states[best], checks.get(int(best), {})
+                    rows.append([method, seed, name, best, percent(check.get("acc_trained")), percent(row["plain_evaluator"]),
+                                 percent(check.get("acc_context")), percent(row.get("soft_prompt")), percent(row.get("inversion"))])
+    return markdown_table(["method", "training seed", "ranked by", "kept update", "trained % (curve)", "trained % (seed 5)",
+                           "context % (curve)", "soft prompt %", "inversion %"], rows)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", required=True, help="a single-digit task, such as three")
@@ -163,7 +206,9 @@ def main() -> int:
 
     measure(args.task, args.method, args.train_seed, files, plain_images=args.plain_images, check_images=args.check_images,
             with_attacks=not args.no_attacks, on_state=save)
-    print(table(args.task, json.loads(path.read_text())["methods"]))
+    results = json.loads(path.read_text())["methods"]
+    print(table(args.task, results))
+    print(kept_states(args.task, results))
     print(f"results: {path}")
     return 0
 
