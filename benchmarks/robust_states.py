@@ -135,13 +135,14 @@ def kept_states(task: str, results: dict) -> str:
     """Which state each ranking would keep, with the keep rule's tie-breaks (FadeTrainer._validate: FADE's
     adversary within chance on the validation prompts, then the least neutral drift; a later state wins
     a full tie), from the figures robust_curve_<task>.json recorded for the run."""
+    from fade_core.bench_tasks import method_settings
     from fade_core.config import FadeConfig
     from fade_core.digits.judge import default_prompt_set
 
     curves = json.loads((ROOT / "benchmarks" / f"robust_curve_{task}.json").read_text())["methods"]
     rankings = {
-        "the run's check (32 per start)": lambda row, recorded: recorded,
-        "the check at 32 plus the judge on the trained prompts": lambda row, recorded: recorded + row["plain_judge"],
+        "the run's own check": lambda row, recorded: recorded,
+        "the run's check plus the judge on the trained prompts": lambda row, recorded: recorded + row["plain_judge"],
         "the larger of the two": lambda row, recorded: max(recorded, row["plain_judge"]),
         "the check at its larger sample": lambda row, recorded: next(
             (value for key, value in row.items() if key.startswith("check_") and key != "check_32"), None),
@@ -154,6 +155,7 @@ def kept_states(task: str, results: dict) -> str:
             checks = {c["update"]: c for c in curves[method][seed]["checks"]}
             validation = len(default_prompt_set([task], seed=int(seed)).validation) * FadeConfig().validation_repeats
             chance_band = 0.5 + 1.645 * (0.25 / (2 * validation)) ** 0.5
+            check_size = method_settings(method).get("robust_check_images", FadeConfig().robust_check_images)
             for name, score in rankings.items():
                 best, best_rank = None, None
                 for update, row in states.items():
@@ -166,7 +168,7 @@ def kept_states(task: str, results: dict) -> str:
                         best, best_rank = update, rank
                 else:
                     row, check = states[best], checks.get(int(best), {})
-                    rows.append([method, seed, name, best, percent(check.get("acc_trained")), percent(row["plain_evaluator"]),
+                    rows.append([method, seed, name.replace("own check", f"own check ({check_size} per start)"), best, percent(check.get("acc_trained")), percent(row["plain_evaluator"]),
                                  percent(check.get("acc_context")), percent(row.get("soft_prompt")), percent(row.get("inversion"))])
     return markdown_table(["method", "training seed", "ranked by", "kept update", "trained % (curve)", "trained % (seed 5)",
                            "context % (curve)", "soft prompt %", "inversion %"], rows)
