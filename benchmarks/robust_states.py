@@ -90,7 +90,7 @@ def measure(task: str, method: str, train_seed: int, files: dict[int, Path], *, 
         with torch.no_grad():
             row = {"plain_evaluator": (evaluator.classify(x)[0] == digit).float().mean().item(),
                    "plain_judge": (held_out.judge(x)[:, 0] > 0).float().mean().item()}
-        if with_attacks:
+        if with_attacks:  # HeldOutAttack.share, with each sample's call kept: its first 32 are the run's own check
             starts = [start for group in held_out.starts for start in group]
             with torch.enable_grad():
                 found = embedding_attack(adapter, starts, [held_out.targets[0]] * len(starts), steps=held_out.steps,
