@@ -110,9 +110,7 @@ def measure(task: str, method: str, train_seed: int, files: dict[int, Path], *, 
         on_state(update, row)
 
 
-def table(task: str, results: dict) -> str:
-    curve_path = ROOT / "benchmarks" / f"robust_curve_{task}.json"
-    curves = json.loads(curve_path.read_text())["methods"] if curve_path.is_file() else {}
+def table(results: dict, curves: dict) -> str:
     percent = lambda value: "" if value is None else f"{100 * value:.1f}"  # noqa: E731
     rows = []
     for method, by_seed in results.items():
@@ -131,15 +129,15 @@ def table(task: str, results: dict) -> str:
     return markdown_table(header, rows)
 
 
-def kept_states(task: str, results: dict) -> str:
+def kept_states(task: str, results: dict, curves: dict) -> str:
     """Which state each ranking would keep, with the keep rule's tie-breaks (FadeTrainer._validate: FADE's
     adversary within chance on the validation prompts, then the least neutral drift; a later state wins
-    a full tie), from the figures robust_curve_<task>.json recorded for the run."""
+    a full tie), from the figures the run's robust curve recorded (``curves``: robust_curve_<task>.json's
+    methods)."""
     from fade_core.bench_tasks import method_settings
     from fade_core.config import FadeConfig
     from fade_core.digits.judge import default_prompt_set
 
-    curves = json.loads((ROOT / "benchmarks" / f"robust_curve_{task}.json").read_text())["methods"]
     rankings = {
         "the run's own check": lambda row, recorded: recorded,
         "the run's check plus the judge on the trained prompts": lambda row, recorded: recorded + row["plain_judge"],
@@ -151,8 +149,11 @@ def kept_states(task: str, results: dict) -> str:
     rows = []
     for method, by_seed in results.items():
         for seed, states in by_seed.items():
-            steps = {s["update"]: s for s in curves[method][seed]["steps"]}
-            checks = {c["update"]: c for c in curves[method][seed]["checks"]}
+            run = curves.get(method, {}).get(seed)
+            if run is None:  # no recorded curve: nothing to rank by
+                continue
+            steps = {s["update"]: s for s in run["steps"]}
+            checks = {c["update"]: c for c in run["checks"]}
             validation = len(default_prompt_set([task], seed=int(seed)).validation) * FadeConfig().validation_repeats
             chance_band = 0.5 + 1.645 * (0.25 / (2 * validation)) ** 0.5
             check_size = method_settings(method).get("robust_check_images", FadeConfig().robust_check_images)
@@ -209,8 +210,10 @@ def main() -> int:
     measure(args.task, args.method, args.train_seed, files, plain_images=args.plain_images, check_images=args.check_images,
             with_attacks=not args.no_attacks, on_state=save)
     results = json.loads(path.read_text())["methods"]
-    print(table(args.task, results))
-    print(kept_states(args.task, results))
+    curve_path = ROOT / "benchmarks" / f"robust_curve_{args.task}.json"
+    curves = json.loads(curve_path.read_text())["methods"] if curve_path.is_file() else {}
+    print(table(results, curves))
+    print(kept_states(args.task, results, curves))
     print(f"results: {path}")
     return 0
 
