@@ -57,7 +57,6 @@ def measure(task: str, method: str, train_seed: int, files: dict[int, Path], *, 
     from safetensors.torch import load_file
 
     from fade_core import bench
-    from fade_core.attack import embedding_attack
     from fade_core.bench_tasks import method_settings
     from fade_core.config import FadeConfig
     from fade_core.digits import attacks, data
@@ -65,7 +64,7 @@ def measure(task: str, method: str, train_seed: int, files: dict[int, Path], *, 
     from fade_core.digits.model import DEFAULT_GUIDANCE, DEFAULT_SAMPLING_STEPS, load_adapter
     from fade_core.lora import attach_lora, load_lora_state, lora_disabled
     from fade_core.robust import HeldOutAttack
-    from fade_core.sampling import generate, sample
+    from fade_core.sampling import generate
 
     torch.set_num_threads(1)
     adapter = load_adapter()
@@ -90,17 +89,8 @@ def measure(task: str, method: str, train_seed: int, files: dict[int, Path], *, 
         with torch.no_grad():
             row = {"plain_evaluator": (evaluator.classify(x)[0] == digit).float().mean().item(),
                    "plain_judge": (held_out.judge(x)[:, 0] > 0).float().mean().item()}
-        if with_attacks:  # HeldOutAttack.share, with each sample's call kept: its first 32 are the run's own check
-            starts = [start for group in held_out.starts for start in group]
-            with torch.enable_grad():
-                found = embedding_attack(adapter, starts, [held_out.targets[0]] * len(starts), steps=held_out.steps,
-                                         seed=held_out.seed, space=held_out.space)
-            per_start = []
-            for i in range(len(starts)):
-                with torch.no_grad():
-                    samples = sample(adapter, found[[i] * check_images], held_out.noise, num_steps=held_out.sampling_steps,
-                                     guidance=held_out.guidance)
-                    per_start.append((held_out.judge(samples)[:, 0] > 0).float())
+        if with_attacks:  # the run's own check is the first 32 samples of each start
+            per_start = [calls.float() for calls in held_out.calls()]
             row |= {"check_32": max(calls[:32].mean().item() for calls in per_start),
                     f"check_{check_images}": max(calls.mean().item() for calls in per_start),
                     "soft_prompt": attacks.embedding_attack_accuracy(adapter, task, steps=300, images=100, seed=0).acc,
@@ -137,6 +127,7 @@ def kept_states(task: str, results: dict, curves: dict) -> str:
     from fade_core.bench_tasks import method_settings
     from fade_core.config import FadeConfig
     from fade_core.digits.judge import default_prompt_set
+    from fade_core.fade import chance_band
 
     rankings = {
         "the run's own check": lambda row, recorded: recorded,
@@ -155,7 +146,7 @@ def kept_states(task: str, results: dict, curves: dict) -> str:
             steps = {s["update"]: s for s in run["steps"]}
             checks = {c["update"]: c for c in run["checks"]}
             validation = len(default_prompt_set([task], seed=int(seed)).validation) * FadeConfig().validation_repeats
-            chance_band = 0.5 + 1.645 * (0.25 / (2 * validation)) ** 0.5
+            band = chance_band(validation)
             check_size = method_settings(method).get("robust_check_images", FadeConfig().robust_check_images)
             for name, score in rankings.items():
                 best, best_rank = None, None
@@ -164,7 +155,7 @@ def kept_states(task: str, results: dict, curves: dict) -> str:
                     value = score(row, step["held_out_attack"])
                     if value is None:
                         break
-                    rank = (value, step["validation_accuracy"] > chance_band, step["neutral_drift"])
+                    rank = (value, step["validation_accuracy"] > band, step["neutral_drift"])
                     if best_rank is None or rank <= best_rank:
                         best, best_rank = update, rank
                 else:

@@ -199,9 +199,7 @@ class FadeTrainer:
         self._neutral_cond = adapter.encode([p.neutral_prompt for p in self.train_pairs]).to(self.device)
         self._heads = torch.tensor([prompt_set.concept_index(p.concept) for p in self.train_pairs], device=self.device)
         self._validation = self._validation_batch(prompt_set.pairs("validation"))
-        # D's validation accuracy that chance alone exceeds 5 % of the time (one-sided, normal
-        # approximation) on its 2 x len(pairs) samples: 0.62 for the default 48.
-        self.chance_band = 0.5 + 1.645 * math.sqrt(0.25 / (2 * len(self._validation[0])))
+        self.chance_band = chance_band(len(self._validation[0]))
         self.adversarial = self._adversarial_bank() if self.config.robust_every else None
         self.pool = PairTrajectories(self, self.config.batch_size)
         self.replay = ReplayBuffer(self.config.replay_size)
@@ -518,6 +516,12 @@ class FadeTrainer:
         adversary.train(mode)
         targets = torch.cat([torch.ones(len(heads)), torch.zeros(len(heads))]).to(self.device)
         return ((logits > 0).float() == targets).float().mean().item()
+
+
+def chance_band(validation_pairs: int) -> float:
+    """D's validation accuracy that chance alone exceeds 5 % of the time (one-sided, normal
+    approximation) on its 2 x ``validation_pairs`` samples: 0.62 for the default 48."""
+    return 0.5 + 1.645 * math.sqrt(0.25 / (2 * validation_pairs))
 
 
 def preservation_loss(

@@ -202,17 +202,21 @@ class HeldOutAttack:
 
     def share(self) -> float:
         """The worst start's share of samples the judge calls concept, under the current model."""
+        return max(calls.float().mean().item() for calls in self.calls())
+
+    def calls(self) -> list[torch.Tensor]:
+        """Per start (each concept's in turn), whether the judge calls each of its ``images`` samples concept."""
         starts = [start for group in self.starts for start in group]
         heads = [head for head, group in enumerate(self.starts) for _ in group]
         with torch.enable_grad():  # every concept's starts in one attack: they share its model calls
             found = embedding_attack(self.adapter, starts, [self.targets[head] for head in heads], steps=self.steps,
                                      seed=self.seed, space=self.space)
-        worst = 0.0
+        calls = []
         for i, head in enumerate(heads):
             with torch.no_grad():
                 x = sample(self.adapter, found[[i] * self.images], self.noise, num_steps=self.sampling_steps, guidance=self.guidance)
-                worst = max(worst, (self.judge(x)[:, head] > 0).float().mean().item())
-        return worst
+                calls.append(self.judge(x)[:, head] > 0)
+        return calls
 
 
 def samples_of_names(
