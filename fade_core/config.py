@@ -93,6 +93,12 @@ class FadeConfig:
     # but on three (seed 0) it kept a state where 15 % of the trained prompts still make a three
     # (benchmarks/notes.md): the check does not see the plain prompts, whatever its size
     robust_check_images: int = 32
+    # what a state's score is: "attack", the held-out attack's share alone, or "attack+prompts", the
+    # larger of that and the share of the validation concept samples (ordinary prompts, already drawn
+    # for D's validation) that the held-out attack's judge calls concept. Three (seed 0, check of 128):
+    # the attack rated best a state where the judge found 14.5 % of the trained prompts still making
+    # threes (benchmarks/notes.md)
+    robust_check_on: str = "attack"
     # 0: on eight (seed 0) a stop at 5 % came after 150 updates, where a soft prompt still brought back
     # 21 % and 2 % were left on the training prompts; run on until the judge found none, the run kept update
     # 550, judged the same, at 0 and 0 % (3.4x plain FADE's time instead of 0.9x); three's worst attack
@@ -156,6 +162,8 @@ class FadeConfig:
             raise FadeInputError(
                 f"{setting_name('robust_anchor_target')} is {self.robust_anchor_target!r}; use 'negative_guidance' or 'neutral'"
             )
+        if self.robust_check_on not in ("attack", "attack+prompts"):
+            raise FadeInputError(f"{setting_name('robust_check_on')} is {self.robust_check_on!r}; use 'attack' or 'attack+prompts'")
         if self.robust_space not in ("context", "tokens"):
             raise FadeInputError(f"{setting_name('robust_space')} is {self.robust_space!r}; use 'context' or 'tokens'")
         if not (_is_number(self.robust_attack_lr) and math.isfinite(self.robust_attack_lr) and self.robust_attack_lr > 0):

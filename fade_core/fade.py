@@ -73,6 +73,9 @@ class StepReport:
     # and how far the neutral validation samples moved from the base model's (mean squared gap)
     held_out_attack: float | None = None
     neutral_drift: float | None = None
+    # robust extension with robust_check_on "attack+prompts", at validations: the share of the
+    # validation concept samples that the held-out attack's judge calls concept
+    prompt_share: float | None = None
     elapsed: float = 0.0
 
 
@@ -184,7 +187,8 @@ class FadeTrainer:
         self.last_good: dict[str, torch.Tensor] = {}
         self.last_good_step = 0
         self.last_validation_accuracy: float | None = None
-        self.kept_rank: tuple | None = None  # robust runs: (held-out share, D above chance, neutral drift)
+        self.kept_rank: tuple | None = None  # robust runs: (score, D above chance, neutral drift)
+        self.kept_attack_share: float | None = None  # robust runs: the held-out attack's share on the kept state
         self.steps_done = 0
         # The stopping rule (_validate): validations in a row that passed it, D at chance for plain FADE,
         # the held-out attack failing for a robust run; the robust run's held-out attack and the base
@@ -267,8 +271,10 @@ class FadeTrainer:
         """The stopping rule ("every few steps" above; the paper's listing has none): judge the state
         after ``self.steps_done`` updates, keep it if it is the best so far, and say whether the run
         stops. Plain FADE keeps every state and stops once D has been at chance ``stop_patience``
-        validations in a row; a robust run keeps the state its held-out attack judges best and stops
-        once that attack has failed ``robust_stop_patience`` checks in a row."""
+        validations in a row; a robust run keeps the state its held-out check judges best and stops
+        once that check has found no more than ``robust_stop_share`` ``robust_stop_patience`` times in
+        a row. The check is the held-out attack, or with ``robust_check_on`` "attack+prompts" the
+        larger of its share and its judge's share of the validation concept samples."""
         cfg = self.config
         samples = self.validation_samples()
         report.validation_accuracy = self.validation_accuracy(samples=samples)
@@ -279,16 +285,20 @@ class FadeTrainer:
             return self.stopped_at_chance
         report.held_out_attack = self.held_out.share()
         report.neutral_drift = (samples.chunk(2)[1] - self.base_neutral).pow(2).mean().item()
+        score = report.held_out_attack
+        if cfg.robust_check_on == "attack+prompts":
+            report.prompt_share = self.held_out.share_of(samples.chunk(2)[0], self._validation[1])
+            score = max(score, report.prompt_share)
         # A share counts a few of 32 samples, so ties are common. A tie goes first to a state where
         # D's validation accuracy is within chance (the erasure holds on ordinary prompts too), then
         # to the one whose neutral samples moved least from the base model's. Three (even prompt
         # draw) tied at updates 250, 450, 500 and 600: the later state (the old rule) kept 600, at 2x
         # the base's FID-proxy; the least drift alone kept 500, where D was at 0.75 and 9 % of the
         # trained prompts still made threes (benchmarks/notes.md).
-        rank = (report.held_out_attack, report.validation_accuracy > self.chance_band, report.neutral_drift)
+        rank = (score, report.validation_accuracy > self.chance_band, report.neutral_drift)
         if self.kept_rank is None or rank <= self.kept_rank:
-            self._keep(report.validation_accuracy, rank)
-        self.passed_in_a_row = self.passed_in_a_row + 1 if report.held_out_attack <= cfg.robust_stop_share else 0
+            self._keep(report.validation_accuracy, rank, report.held_out_attack)
+        self.passed_in_a_row = self.passed_in_a_row + 1 if score <= cfg.robust_stop_share else 0
         return self.passed_in_a_row >= cfg.robust_stop_patience
 
     def validates_after(self, steps_done: int) -> bool:
@@ -319,15 +329,10 @@ class FadeTrainer:
         finally:
             self.lora_average.restore(self.lora_parameters)
 
-    def _keep(self, validation_accuracy: float, rank: tuple | None = None) -> None:
+    def _keep(self, validation_accuracy: float, rank: tuple | None = None, attack_share: float | None = None) -> None:
         self.last_good = lora_state(self.adapter)
         self.last_good_step, self.last_validation_accuracy = self.steps_done, validation_accuracy
-        self.kept_rank = rank
-
-    @property
-    def kept_attack_share(self) -> float | None:
-        """Robust runs: the held-out attack's share on the kept state."""
-        return None if self.kept_rank is None else self.kept_rank[0]
+        self.kept_rank, self.kept_attack_share = rank, attack_share
 
     def _report(self, report: StepReport) -> None:
         report.elapsed = time.time() - self.started

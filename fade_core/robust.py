@@ -204,6 +204,13 @@ class HeldOutAttack:
         """The worst start's share of samples the judge calls concept, under the current model."""
         return max(calls.float().mean().item() for calls in self.calls())
 
+    @torch.no_grad()
+    def share_of(self, samples: torch.Tensor, heads: torch.Tensor) -> float:
+        """The worst concept's share of ``samples`` (sample i drawn for concept ``heads[i]``) that the
+        judge calls that concept: what ordinary prompts still make, which no attack start covers."""
+        called = self.judge(samples).gather(1, heads[:, None]).squeeze(1) > 0
+        return max(called[heads == head].float().mean().item() for head in heads.unique())
+
     def calls(self) -> list[torch.Tensor]:
         """Per start (each concept's in turn), whether the judge calls each of its ``images`` samples concept."""
         starts = [start for group in self.starts for start in group]

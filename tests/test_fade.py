@@ -9,7 +9,7 @@ from torch import nn
 from fade_core.digits import attacks
 from fade_core.digits.judge import DigitsJudge, default_prompt_set
 from fade_core.digits.model import load_pipeline
-from fade_core.errors import FadeTrainingError
+from fade_core.errors import FadeInputError, FadeTrainingError
 from fade_core.fade import FadeConfig, FadeTrainer, preservation_loss
 from fade_core.lora import ADAPTER_NAME, attach_lora, lora_layers, lora_state
 from fade_core.robust import HeldOutAttack, concept_judge, samples_of_names
@@ -227,6 +227,41 @@ def test_with_robust_stop_patience_a_robust_run_stops_only_after_that_many_low_c
     result = FadeTrainer(adapter, default_prompt_set(["eight"], num_prompts=8), list(adapter.lora_candidates("cross_attention")),
                          config).run()
     assert (result.steps_done, result.kept_step, result.held_out_attack) == (5, 5, 0.02)
+
+
+@pytest.mark.parametrize(("check_on", "stops_after", "kept"), [("attack", 2, 2), ("attack+prompts", 4, 4)])
+def test_with_robust_check_on_attack_and_prompts_a_state_is_scored_by_the_larger_of_the_attack_and_the_prompts_share(
+    adapter, monkeypatch, check_on, stops_after, kept
+):
+    """Both shares scripted. The attack finds nothing at update 2, where the judge still calls 40 % of
+    the validation concept samples concept: the attack alone keeps update 2 and stops there; with the
+    prompts counted the score there is 0.4, and the run goes on to update 4, the first state where
+    both are at most robust_stop_share (0.05), and keeps it."""
+    attack, prompts = iter([0.5, 0.0, 0.2, 0.02, 0.3]), iter([0.3, 0.4, 0.1, 0.0, 0.0])
+    monkeypatch.setattr(HeldOutAttack, "share", lambda self: next(attack))
+    monkeypatch.setattr(HeldOutAttack, "share_of", lambda self, samples, heads: next(prompts))
+    config = FadeConfig(steps=5, adversary_warmup=1, batch_size=4, validate_every=1, sampling_steps=4, robust_every=1,
+                        robust_stop_share=0.05, robust_check_on=check_on, **ROBUST_TINY)
+    result = FadeTrainer(adapter, default_prompt_set(["eight"], num_prompts=8), list(adapter.lora_candidates("cross_attention")),
+                         config).run()
+    assert (result.steps_done, result.kept_step) == (stops_after, kept)
+    assert result.held_out_attack == {2: 0.0, 4: 0.02}[kept]  # the attack's own share, as the LoRA's metadata says
+    recorded = [r.prompt_share for r in result.history if r.phase == "train"]
+    assert recorded == ([None] * 2 if check_on == "attack" else [0.3, 0.4, 0.1, 0.0])
+
+
+def test_the_prompts_share_is_the_worst_concepts_share_of_its_samples_that_the_judge_calls_that_concept():
+    """A judge scripted to return each sample's own value as its logit on every head: concept 0 owns
+    samples 0-1 (1 of 2 called concept), concept 1 samples 2-4 (1 of 3); over all samples 2 of 5."""
+    held_out = object.__new__(HeldOutAttack)
+    held_out.judge = lambda x: x.expand(len(x), 2)
+    samples = torch.tensor([[1.0], [-1.0], [-1.0], [1.0], [-1.0]])
+    assert held_out.share_of(samples, torch.tensor([0, 0, 1, 1, 1])) == 0.5
+
+
+def test_an_unknown_robust_check_on_is_refused_with_the_values_that_work():
+    with pytest.raises(FadeInputError, match="robust_check_on is 'prompts'; use 'attack' or 'attack\\+prompts'"):
+        FadeConfig(robust_check_on="prompts").check()
 
 
 def test_a_tie_of_the_held_out_attack_goes_to_a_state_with_d_at_chance_then_to_the_least_neutral_drift(adapter, monkeypatch):
