@@ -72,7 +72,8 @@ def measure(task: str, method: str, train_seed: int, checkpoints: set[int] | Non
         update = len(steps) + 1
         steps.append({"update": update, "adversary_accuracy": report.adversary_accuracy,
                       "validation_accuracy": report.validation_accuracy, "attack_loss": report.attack_loss,
-                      "held_out_attack": report.held_out_attack, "neutral_drift": report.neutral_drift})
+                      "held_out_attack": report.held_out_attack, "neutral_drift": report.neutral_drift,
+                      "prompt_share": report.prompt_share})
         measured = report.validation_accuracy is not None if checkpoints is None else update in checkpoints
         if not measured:
             return

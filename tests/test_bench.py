@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from fade_core.bench import jobs_for, lora_modules
 from fade_core.bench_tasks import DEFAULT_METHODS, DEFAULT_TASKS, METHODS, TUNING_TASK
 from fade_core.cli import _bench_methods, main
@@ -70,19 +72,23 @@ def test_erase_lets_a_caller_measure_the_model_at_every_step():
     assert seen == [("warmup", False), ("train", True), ("train", True)]
 
 
-def test_a_robust_rows_training_record_has_the_held_out_attacks_shares_and_the_kept_state(monkeypatch):
+@pytest.mark.parametrize("check_on", ["attack", "attack+prompts"])
+def test_a_robust_rows_training_record_has_the_held_out_attacks_shares_and_the_kept_state(monkeypatch, check_on):
     """What notes.md reads a robust row's stopping from: the held-out attack's share at each
-    validation (scripted here) and the update whose state was kept (ESD and UCE rows have no such record)."""
+    validation (scripted here), with robust_check_on "attack+prompts" its judge's share of the
+    validation prompts' samples too, and the update whose state was kept (ESD and UCE rows have no such record)."""
     from fade_core.bench import erase
     from fade_core.robust import HeldOutAttack
 
-    shares = iter([0.5, 0.25, 0.75])
+    shares, prompts = iter([0.5, 0.25, 0.75]), iter([0.1, 0.3, 0.0])
     monkeypatch.setattr(HeldOutAttack, "share", lambda self: next(shares))
+    monkeypatch.setattr(HeldOutAttack, "share_of", lambda self, samples, heads: next(prompts))
     tiny = ("steps=3:adversary_warmup=1:batch_size=4:validate_every=1:robust_every=1:robust_attack_steps=1:robust_warmup_steps=1:"
-            "robust_bank_size=2:robust_targets=2:robust_check_steps=1:robust_check_images=2")
+            f"robust_bank_size=2:robust_targets=2:robust_check_steps=1:robust_check_images=2:robust_check_on={check_on}")
     _, _, record = erase(f"fade-robust@{tiny}", ["eight"], 0)
     assert record["held_out_curve"] == [(2, 0.5), (3, 0.25), (4, 0.75)]  # steps count the warm-up step
     assert record["kept_step"] == 2 and len(record["adversary_curve"]) == 3
+    assert record.get("prompt_share_curve") == (None if check_on == "attack" else [(2, 0.1), (3, 0.3), (4, 0.0)])
 
 
 def test_a_kept_row_is_reused_only_with_the_prompts_it_was_measured_on(tmp_path, monkeypatch):
