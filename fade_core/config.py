@@ -95,9 +95,12 @@ class FadeConfig:
     robust_check_images: int = 32
     # what a state's score is: "attack", the held-out attack's share alone, or "attack+prompts", the
     # larger of that and the share of the validation concept samples (ordinary prompts, already drawn
-    # for D's validation) that the held-out attack's judge calls concept. Three (seed 0, check of 128):
-    # the attack rated best a state where the judge found 14.5 % of the trained prompts still making
-    # threes (benchmarks/notes.md)
+    # for D's validation, so it costs nothing) that the held-out attack's judge calls concept. Meant for
+    # states like three's (seed 0, check of 128) where the attack found little and the judge 14.5 % of
+    # the trained prompts still making threes. On the six tasks (seed 0) it kept the same state as the
+    # attack alone on every one: the judge called 0 or 1 of each concept's 24 validation samples concept
+    # at the states kept (0 of 24 still allows 14 %, 95 % two-sided), where the evaluator finds up to 7 % in
+    # held-out contexts (benchmarks/notes.md); it stays off
     robust_check_on: str = "attack"
     # 0: on eight (seed 0) a stop at 5 % came after 150 updates, where a soft prompt still brought back
     # 21 % and 2 % were left on the training prompts; run on until the judge found none, the run kept update
