@@ -272,9 +272,9 @@ class FadeTrainer:
         after ``self.steps_done`` updates, keep it if it is the best so far, and say whether the run
         stops. Plain FADE keeps every state and stops once D has been at chance ``stop_patience``
         validations in a row; a robust run keeps the state its held-out check judges best and stops
-        once that check has found no more than ``robust_stop_share`` ``robust_stop_patience`` times in
-        a row. The check is the held-out attack, or with ``robust_check_on`` "attack+prompts" the
-        larger of its share and its judge's share of the validation concept samples."""
+        once the check's score has been at most ``robust_stop_share`` at ``robust_stop_patience``
+        checks in a row. The score is the held-out attack's share, or with ``robust_check_on``
+        "attack+prompts" the larger of that and its judge's share of the validation concept samples."""
         cfg = self.config
         samples = self.validation_samples()
         report.validation_accuracy = self.validation_accuracy(samples=samples)
