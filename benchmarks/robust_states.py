@@ -88,7 +88,7 @@ def measure(task: str, method: str, train_seed: int, files: dict[int, Path], *, 
         x = generate(adapter, plain_prompts, seed=PLAIN_SEED, num_steps=DEFAULT_SAMPLING_STEPS, guidance=DEFAULT_GUIDANCE)
         with torch.no_grad():
             row = {"plain_evaluator": (evaluator.classify(x)[0] == digit).float().mean().item(),
-                   "plain_judge": (held_out.judge(x)[:, 0] > 0).float().mean().item()}
+                   "plain_judge": held_out.share_of(x, torch.zeros(len(x), dtype=torch.long))}
         if with_attacks:  # the run's own check is the first 32 samples of each start
             per_start = [calls.float() for calls in held_out.calls()]
             row |= {"check_32": max(calls[:32].mean().item() for calls in per_start),
@@ -127,7 +127,7 @@ def kept_states(task: str, results: dict, curves: dict) -> str:
     from fade_core.bench_tasks import method_settings
     from fade_core.config import FadeConfig
     from fade_core.digits.judge import default_prompt_set
-    from fade_core.fade import chance_band
+    from fade_core.fade import chance_band, keep_rank
 
     rankings = {
         "the run's own check": lambda row, recorded: recorded,
@@ -155,7 +155,7 @@ def kept_states(task: str, results: dict, curves: dict) -> str:
                     value = score(row, step["held_out_attack"])
                     if value is None:
                         break
-                    rank = (value, step["validation_accuracy"] > band, step["neutral_drift"])
+                    rank = keep_rank(value, step["validation_accuracy"], band, step["neutral_drift"])
                     if best_rank is None or rank <= best_rank:
                         best, best_rank = update, rank
                 else:

@@ -169,8 +169,9 @@ def erase(method: str, concepts: list[str], seed: int,
         record |= {"kept_step": result.kept_step,
                    "held_out_curve": [(r.step, r.held_out_attack) for r in result.history if r.held_out_attack is not None],
                    "neutral_drift_curve": [(r.step, r.neutral_drift) for r in result.history if r.neutral_drift is not None]}
-        if any(r.prompt_share is not None for r in result.history):
-            record["prompt_share_curve"] = [(r.step, r.prompt_share) for r in result.history if r.prompt_share is not None]
+        prompt_shares = [(r.step, r.prompt_share) for r in result.history if r.prompt_share is not None]
+        if prompt_shares:  # robust_check_on counts the prompts
+            record["prompt_share_curve"] = prompt_shares
     return adapter, contextlib.nullcontext, record
 
 

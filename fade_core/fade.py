@@ -295,7 +295,7 @@ class FadeTrainer:
         # draw) tied at updates 250, 450, 500 and 600: the later state (the old rule) kept 600, at 2x
         # the base's FID-proxy; the least drift alone kept 500, where D was at 0.75 and 9 % of the
         # trained prompts still made threes (benchmarks/notes.md).
-        rank = (score, report.validation_accuracy > self.chance_band, report.neutral_drift)
+        rank = keep_rank(score, report.validation_accuracy, self.chance_band, report.neutral_drift)
         if self.kept_rank is None or rank <= self.kept_rank:
             self._keep(report.validation_accuracy, rank, report.held_out_attack)
         self.passed_in_a_row = self.passed_in_a_row + 1 if score <= cfg.robust_stop_share else 0
@@ -523,9 +523,16 @@ class FadeTrainer:
         return ((logits > 0).float() == targets).float().mean().item()
 
 
+def keep_rank(score: float, validation_accuracy: float, chance_band: float, neutral_drift: float) -> tuple:
+    """A robust run's order of states, lowest best (FadeTrainer._validate keeps a state whose rank is
+    at most the kept one's, so a later state wins a full tie): the check's score, then FADE's adversary
+    above ``chance_band`` on the validation prompts, then the neutral samples' drift from the base model's."""
+    return (score, validation_accuracy > chance_band, neutral_drift)
+
+
 def chance_band(validation_pairs: int) -> float:
     """D's validation accuracy that chance alone exceeds 5 % of the time (one-sided, normal
-    approximation) on its 2 x ``validation_pairs`` samples: 0.62 for the default 48."""
+    approximation) on its 2 x ``validation_pairs`` samples: 0.62 for the default 24 (48 samples)."""
     return 0.5 + 1.645 * math.sqrt(0.25 / (2 * validation_pairs))
 
 
