@@ -14,6 +14,10 @@ robust_curve.py --states saves the LoRA at every validation of a run; this scrip
   evaluator on the plain prompts, which the held-out check does not see.
 
 ``--no-attacks`` measures the plain prompts only (seconds per state instead of two minutes).
+``--chain-steps N`` measures only the check chained along the run: at the first state the run's own
+check, at each later one the same attack going on for N steps from where it ended at the state
+before (as a check that keeps its soft prompts between validations would); it ranks the states in
+the second table too.
 Results go to benchmarks/robust_states_<task>.json (other runs measured before are kept), with the
 figures robust_curve_<task>.json recorded for the same states beside them in the printed table, and
 a second table: which state each ranking (the run's check, the check with the judge's plain-prompt
@@ -51,7 +55,7 @@ def state_files(folder: Path, task: str, method: str, train_seed: int) -> dict[i
 
 
 def measure(task: str, method: str, train_seed: int, files: dict[int, Path], *, plain_images: int, check_images: int,
-            with_attacks: bool, on_state: Callable[[int, dict], None]) -> None:
+            with_attacks: bool, chain_steps: int, on_state: Callable[[int, dict], None]) -> None:
     """Measures each state in turn and hands its figures to ``on_state(updates, row)``."""
     import torch
     from safetensors.torch import load_file
@@ -82,22 +86,33 @@ def measure(task: str, method: str, train_seed: int, files: dict[int, Path], *, 
     prompts = [p.concept_prompt for p in default_prompt_set([task]).pairs("all")]
     plain_prompts = [prompts[i % len(prompts)] for i in range(plain_images)]
     digit = data.DIGIT_NAMES.index(task)
+    chained = None  # what the chained check found at the state before
     for update, path in files.items():
         started = time.perf_counter()
         load_lora_state(adapter, load_file(path))
-        x = generate(adapter, plain_prompts, seed=PLAIN_SEED, num_steps=DEFAULT_SAMPLING_STEPS, guidance=DEFAULT_GUIDANCE)
-        with torch.no_grad():
-            row = {"plain_evaluator": (evaluator.classify(x)[0] == digit).float().mean().item(),
-                   "plain_judge": held_out.share_of(x, torch.zeros(len(x), dtype=torch.long))}
-        if with_attacks:  # the run's own check is the first 32 samples of each start
+        if chain_steps:  # the first state's own check, then each goes on from the one before
+            found = held_out.attack(**({} if chained is None else {"steps": chain_steps, "initial": chained}))
+            chained = found.tensors[adapter.context_key]
+            row = {f"check_chain_{chain_steps}": max(calls[:32].float().mean().item() for calls in held_out.calls_of(found))}
+        else:
+            x = generate(adapter, plain_prompts, seed=PLAIN_SEED, num_steps=DEFAULT_SAMPLING_STEPS, guidance=DEFAULT_GUIDANCE)
+            with torch.no_grad():
+                row = {"plain_evaluator": (evaluator.classify(x)[0] == digit).float().mean().item(),
+                       "plain_judge": held_out.share_of(x, torch.zeros(len(x), dtype=torch.long))}
+        if with_attacks and not chain_steps:  # the run's own check is the first 32 samples of each start
             per_start = [calls.float() for calls in held_out.calls()]
             row |= {"check_32": max(calls[:32].mean().item() for calls in per_start),
                     f"check_{check_images}": max(calls.mean().item() for calls in per_start),
                     "soft_prompt": attacks.embedding_attack_accuracy(adapter, task, steps=300, images=100, seed=0).acc,
                     "inversion": attacks.embedding_attack_accuracy(adapter, task, steps=300, images=100, seed=0, space="tokens").acc}
-        row["seconds"] = time.perf_counter() - started
+        row["seconds" if not chain_steps else f"check_chain_{chain_steps}_seconds"] = time.perf_counter() - started
         print(f"{task} {method} seed {train_seed} update {update}: {json.dumps(row)}", flush=True)
         on_state(update, row)
+
+
+def larger_check(row: dict) -> str | None:
+    """The key of the check measured at more than 32 samples per start, if any."""
+    return next((key for key in row if re.fullmatch(r"check_\d+", key) and key != "check_32"), None)
 
 
 def table(results: dict, curves: dict) -> str:
@@ -109,7 +124,7 @@ def table(results: dict, curves: dict) -> str:
             trained = {c["update"]: c["acc_trained"] for c in run.get("checks", [])}
             recorded = {s["update"]: s.get("held_out_attack") for s in run.get("steps", [])}
             for update, row in states.items():
-                larger = next((key for key in row if key.startswith("check_") and key != "check_32"), None)
+                larger = larger_check(row)
                 rows.append([method, seed, update, percent(trained.get(int(update))), percent(row["plain_evaluator"]),
                              percent(row["plain_judge"]), percent(recorded.get(int(update))), percent(row.get("check_32")),
                              percent(row.get(larger)) if larger else "", percent(row.get("soft_prompt")), percent(row.get("inversion"))])
@@ -133,8 +148,9 @@ def kept_states(task: str, results: dict, curves: dict) -> str:
         "the run's own check": lambda row, recorded: recorded,
         "the run's check plus the judge on the trained prompts": lambda row, recorded: recorded + row["plain_judge"],
         "the larger of the two": lambda row, recorded: max(recorded, row["plain_judge"]),
-        "the check at its larger sample": lambda row, recorded: next(
-            (value for key, value in row.items() if key.startswith("check_") and key != "check_32"), None),
+        "the check at its larger sample": lambda row, recorded: row.get(larger_check(row)),
+        "the check chained from the state before": lambda row, recorded: next(
+            (value for key, value in row.items() if key.startswith("check_chain_")), None),
     }
     percent = lambda value: "" if value is None else f"{100 * value:.1f}"  # noqa: E731
     rows = []
@@ -175,6 +191,10 @@ def main() -> int:
     parser.add_argument("--plain-images", type=int, default=200)
     parser.add_argument("--check-images", type=int, default=128, help="samples per start of the held-out check (32 or more)")
     parser.add_argument("--no-attacks", action="store_true", help="the plain prompts only")
+    parser.add_argument("--chain-steps", type=int, default=0,
+                        help="measure only the check chained along the run, each state's going on for this many steps from "
+                             "the previous state's result (the first state's is its own check); the other figures stay as an "
+                             "earlier pass measured them")
     args = parser.parse_args()
     from fade_core.digits import data
 
@@ -199,7 +219,7 @@ def main() -> int:
         update_json(path, add)
 
     measure(args.task, args.method, args.train_seed, files, plain_images=args.plain_images, check_images=args.check_images,
-            with_attacks=not args.no_attacks, on_state=save)
+            with_attacks=not args.no_attacks, chain_steps=args.chain_steps, on_state=save)
     results = json.loads(path.read_text())["methods"]
     curve_path = ROOT / "benchmarks" / f"robust_curve_{args.task}.json"
     curves = json.loads(curve_path.read_text())["methods"] if curve_path.is_file() else {}

@@ -52,6 +52,7 @@ def embedding_attack(
     sampling_steps: int = 10,
     seed: int = 0,
     space: str = "context",
+    initial: torch.Tensor | None = None,
 ) -> Conditioning:
     """Soft conditionings optimised to denoise ``real_samples``, one row per starting prompt.
     ``real_samples`` is one tensor for every start, or a list with one tensor per start (starts
@@ -70,6 +71,10 @@ def embedding_attack(
     matter: from nearby encodings, the same minibatches would move every start in step (Adam's
     steps are nearly sign steps) and the starts would find one conditioning, not several.
     ``result[i]`` is the conditioning found from ``prompts[i]``.
+
+    ``initial``, if given, is where the soft tensors start instead of the prompts' own encodings
+    (context space: a context tensor such as an earlier result's, one row per prompt): an attack
+    that goes on from where an earlier one ended, against a model that has moved since.
     """
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts:
@@ -85,6 +90,8 @@ def embedding_attack(
         raise FadeInputError(f"steps ({steps}) must be 0 or more and batch_size ({batch_size}) at least 1")
     if space not in ("context", "tokens"):
         raise FadeInputError(f"unknown attack space {space!r}: use 'context' or 'tokens'")
+    if initial is not None and space != "context":
+        raise FadeInputError("the embedding attack starts from an initial tensor in context space only; give space='context'")
     generators = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]
     cond = adapter.encode(prompts)
     if space == "tokens":
@@ -94,7 +101,13 @@ def embedding_attack(
         def context() -> torch.Tensor:
             return adapter.encode_soft_words(ids, embeddings, words, soft).tensors[adapter.context_key]
     else:
-        soft = cond.tensors[adapter.context_key].detach().clone().requires_grad_(True)
+        start = cond.tensors[adapter.context_key] if initial is None else initial.to(cond.tensors[adapter.context_key])
+        if start.shape != cond.tensors[adapter.context_key].shape:
+            raise FadeInputError(
+                f"the embedding attack's initial context has shape {tuple(start.shape)}; give one of "
+                f"{tuple(cond.tensors[adapter.context_key].shape)}, a row per starting prompt"
+            )
+        soft = start.detach().clone().requires_grad_(True)
         context = lambda: soft  # noqa: E731
     optimizer = torch.optim.Adam([soft], lr=learning_rate)
     levels = adapter.noise_levels(sampling_steps)

@@ -192,6 +192,7 @@ class HeldOutAttack:
         self.sampling_steps, self.guidance = sampling_steps, guidance
         generator = torch.Generator().manual_seed(seed)
         self.starts = [[*prompt_set.triggers(concept), ""] for concept in prompt_set.concepts]
+        self.heads = [head for head, group in enumerate(self.starts) for _ in group]  # each start's concept
         self.targets = [
             samples_of_names(adapter, prompt_set, concept, targets, generator, sampling_steps=sampling_steps, guidance=guidance)
             for concept in prompt_set.concepts
@@ -213,16 +214,23 @@ class HeldOutAttack:
 
     def calls(self) -> list[torch.Tensor]:
         """Per start (each concept's in turn), whether the judge calls each of its ``images`` samples concept."""
+        return self.calls_of(self.attack())
+
+    def attack(self, steps: int | None = None, initial: torch.Tensor | None = None) -> Conditioning:
+        """The attack from every start at once (``steps``, by default the check's own), from the
+        starts' encodings or from ``initial``, an earlier result's context: what each start became."""
         starts = [start for group in self.starts for start in group]
-        heads = [head for head, group in enumerate(self.starts) for _ in group]
         with torch.enable_grad():  # every concept's starts in one attack: they share its model calls
-            found = embedding_attack(self.adapter, starts, [self.targets[head] for head in heads], steps=self.steps,
-                                     seed=self.seed, space=self.space)
+            return embedding_attack(self.adapter, starts, [self.targets[head] for head in self.heads],
+                                    steps=self.steps if steps is None else steps, seed=self.seed, space=self.space, initial=initial)
+
+    @torch.no_grad()
+    def calls_of(self, found: Conditioning) -> list[torch.Tensor]:
+        """Per start, whether the judge calls each of the ``images`` samples from ``found[start]`` concept."""
         calls = []
-        for i, head in enumerate(heads):
-            with torch.no_grad():
-                x = sample(self.adapter, found[[i] * self.images], self.noise, num_steps=self.sampling_steps, guidance=self.guidance)
-                calls.append(self.judge(x)[:, head] > 0)
+        for i, head in enumerate(self.heads):
+            x = sample(self.adapter, found[[i] * self.images], self.noise, num_steps=self.sampling_steps, guidance=self.guidance)
+            calls.append(self.judge(x)[:, head] > 0)
         return calls
 
 

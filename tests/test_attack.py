@@ -87,6 +87,23 @@ def test_embedding_attack_aims_each_start_at_its_own_samples_when_given_one_set_
         embedding_attack(adapter, starts, [eights], steps=1)
 
 
+def test_embedding_attack_goes_on_from_an_initial_context(adapter):
+    """``initial`` is where the soft tensors start: zero steps give it back unchanged, more steps move
+    on from it (not from the prompts' encodings); a tensor of another shape, or token space, is refused."""
+    real = real_concept_samples("eight")
+    starts = ["a handwritten eight", "the digit 8"]
+    first = embedding_attack(adapter, starts, real, steps=4, batch_size=3, seed=5).tensors["context"]
+    unchanged = embedding_attack(adapter, starts, real, steps=0, seed=5, initial=first).tensors["context"]
+    assert torch.equal(unchanged, first)
+    onwards = embedding_attack(adapter, starts, real, steps=4, batch_size=3, seed=5, initial=first).tensors["context"]
+    afresh = embedding_attack(adapter, starts, real, steps=8, batch_size=3, seed=5).tensors["context"]
+    assert not torch.allclose(onwards, first) and not torch.allclose(onwards, afresh, atol=1e-4)
+    with pytest.raises(FadeInputError, match="a row per starting prompt"):
+        embedding_attack(adapter, starts, real, steps=1, initial=first[:1])
+    with pytest.raises(FadeInputError, match="context space only"):
+        embedding_attack(adapter, starts, real, steps=1, initial=first, space="tokens")
+
+
 def test_the_inversion_attack_changes_only_the_words_input_embeddings(adapter):
     """In token space the attacker edits what a textual-inversion file holds: the input rows of the
     prompt's words. CLIP's text encoder is causal, so the state at BOS cannot move; every state

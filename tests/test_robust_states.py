@@ -43,3 +43,17 @@ def test_each_ranking_keeps_its_best_state_with_the_keep_rules_tie_breaks():
     assert rows["the larger of the two"] == "200"
     assert "the check at its larger sample" not in rows  # measured without attacks: no larger check to rank by
     assert robust_states.kept_states("three", results, {}).count("\n") == 1  # no curve: a table without rows
+
+
+def test_the_chained_check_is_ranked_apart_from_the_larger_check():
+    figures = {100: (0.1, 0.3, 0.0), 200: (0.3, 0.1, 0.5)}  # the run's check, the larger check, the chained check
+    results = {"m": {"1": {str(u): {"plain_evaluator": 0.0, "plain_judge": 0.0, "check_32": check, "check_128": larger,
+                                    "check_chain_100": chained} for u, (check, larger, chained) in figures.items()}}}
+    curves = {"m": {"1": {"steps": [{"update": u, "held_out_attack": check, "validation_accuracy": 0.5, "neutral_drift": 0.1}
+                                     for u, (check, _, _) in figures.items()],
+                          "checks": [{"update": u, "acc_trained": 0.0, "acc_context": 0.0} for u in figures]}}}
+    assert robust_states.larger_check(results["m"]["1"]["100"]) == "check_128"
+    rows = kept(robust_states.kept_states("three", results, curves).splitlines())
+    assert rows["the run's own check (32 per start)"] == "100"
+    assert rows["the check at its larger sample"] == "200"
+    assert rows["the check chained from the state before"] == "100"
