@@ -30,13 +30,16 @@ from fade_core.files import update_json  # noqa: E402
 from fade_core.report import markdown_table  # noqa: E402
 
 
-def measure(task: str, method: str, budgets: list[int], spaces: list[str], images: int, seed: int) -> dict:
+def measure(task: str, method: str, budgets: list[int], spaces: list[str], images: int, seed: int, grids: Path | None) -> dict:
     """One method's erasure, then each attack at each budget. Runs in its own process."""
     import torch
+    from torchvision.utils import make_grid, save_image
 
     from fade_core import bench
     from fade_core.digits import attacks
-    from fade_core.digits.model import load_adapter
+    from fade_core.digits.model import DEFAULT_GUIDANCE, DEFAULT_SAMPLING_STEPS, load_adapter
+    from fade_core.files import atomic_write
+    from fade_core.sampling import initial_noise, sample
 
     torch.set_num_threads(1)
     started = time.perf_counter()
@@ -56,6 +59,14 @@ def measure(task: str, method: str, budgets: list[int], spaces: list[str], image
                     "seconds": sum(o.seconds for o in outcomes),
                 }
                 print(f"{task} {method} {space} {steps} steps: {100 * result['attacks'][f'{space}_{steps}']['acc']:.0f} %", flush=True)
+                for outcome in outcomes if grids is not None else []:  # what the evaluator judged, to look at
+                    noise = initial_noise(adapter, 32, torch.Generator().manual_seed(seed + 2))  # seeded as the judged ones
+                    with torch.no_grad():
+                        x = sample(adapter, outcome.found[[0] * 32], noise, num_steps=DEFAULT_SAMPLING_STEPS, guidance=DEFAULT_GUIDANCE)
+                    grid = make_grid(torch.nn.functional.interpolate(adapter.to_images(x), scale_factor=8, mode="nearest"), nrow=8,
+                                     padding=2, pad_value=0.5)
+                    out = grids / f"{task}_{method}_{outcome.concept}_{space}_{steps}.png".replace("/", "_")
+                    atomic_write(out, lambda temporary: save_image(grid, temporary, format="png"), replace=True)
     return result
 
 
@@ -79,6 +90,7 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=100, help="generations judged per attack, as BENCHMARKS.md's rows")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--grids", type=Path, help="a folder for a PNG of 32 of each attack's judged generations")
     args = parser.parse_args()
     from fade_core.bench_tasks import task_concepts
 
@@ -88,6 +100,8 @@ def main() -> int:
     if any(step < 1 for step in budgets) or not set(spaces) <= {"context", "tokens"}:
         parser.error("--steps: positive whole numbers; --spaces: context, tokens or both")
     methods = args.methods.split(",")
+    if args.grids is not None:
+        args.grids.mkdir(parents=True, exist_ok=True)
     path = ROOT / "benchmarks" / f"attack_budget_{args.task}.json"
     settings = {"images": args.images, "seed": args.seed}
 
@@ -101,7 +115,8 @@ def main() -> int:
         update_json(path, add)
 
     with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=1) as pool:
-        futures = {pool.submit(measure, args.task, method, budgets, spaces, args.images, args.seed): method for method in methods}
+        futures = {pool.submit(measure, args.task, method, budgets, spaces, args.images, args.seed, args.grids): method
+                   for method in methods}
         for future in as_completed(futures):
             save(futures[future], future.result())
     print(table(update_json(path, lambda latest: latest)["methods"]))

@@ -47,6 +47,7 @@ class AttackOutcome:
     images: int  # generations behind ``acc``
     seconds: float  # wall time of the whole attack, measurement included
     detail: dict = field(default_factory=dict)
+    found: Conditioning | None = None  # the embedding attacks' conditioning behind ``acc`` (the worst start's)
 
 
 def concept_probability(samples: torch.Tensor, concept: str) -> torch.Tensor:
@@ -164,7 +165,7 @@ def embedding_attack_accuracy(
     return AttackOutcome("embedding", concept, acc, images, time.perf_counter() - started, {
         "screened": screened, "worst_start": starts[worst], "steps": steps, "batch_size": batch_size,
         "screen_images": screen_images, "space": space,
-    })
+    }, found=found[[worst]])
 
 
 def discrete_attack_accuracy(
