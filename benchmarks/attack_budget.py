@@ -75,7 +75,7 @@ def table(results: dict) -> str:
                      key=lambda key: (key.split("_")[0] != "context", int(key.split("_")[1])))
     names = {"context": "soft prompt", "tokens": "inversion"}
     header = ["method", "kept update", *[f"{names[key.split('_')[0]]} {key.split('_')[1]} steps %" for key in columns]]
-    rows = [[method, row.get("kept_step") or "", *[f"{100 * row['attacks'][key]['acc']:.0f}" if key in row["attacks"] else ""
+    rows = [[method, str(row.get("kept_step") or ""), *[f"{100 * row['attacks'][key]['acc']:.0f}" if key in row["attacks"] else ""
                                                    for key in columns]]
             for method, row in results.items()]
     return markdown_table(header, rows)
