@@ -72,6 +72,8 @@ class FadeConfig:
     robust_warmup_steps: int = 50  # Adam steps of the first round, against the base model
     robust_bank_size: int = 16  # soft conditionings kept
     robust_share: float = 0.5  # share of concept trajectories started from the bank
+    # 0.25: with 0.0625 (entries that live about 16 rounds instead of 4) eight (training seed 0) gave a
+    # soft prompt of 300 / 1,000 / 3,000 steps 13 / 56 / 95 %, against 3 / 46 / 99 % (benchmarks/notes.md)
     robust_refresh: float = 0.25  # share of the bank started afresh every round
     # 0.1: on five, with the negative-guidance anchor, 1e-2 left the soft-prompt attack at 99 %, 3e-2 at 91 %,
     # 0.1 at 74 %, 0.3 at 91 % (benchmarks/notes.md; one training seed each, and the training seed alone
