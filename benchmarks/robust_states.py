@@ -150,7 +150,7 @@ def kept_states(task: str, results: dict, curves: dict) -> str:
         "the larger of the two": lambda row, recorded: max(recorded, row["plain_judge"]),
         "the check at its larger sample": lambda row, recorded: row.get(larger_check(row)),
         "the check chained from the state before": lambda row, recorded: next(
-            (value for key, value in row.items() if key.startswith("check_chain_")), None),
+            (value for key, value in row.items() if re.fullmatch(r"check_chain_\d+", key)), None),
     }
     percent = lambda value: "" if value is None else f"{100 * value:.1f}"  # noqa: E731
     rows = []

@@ -48,7 +48,8 @@ def test_each_ranking_keeps_its_best_state_with_the_keep_rules_tie_breaks():
 def test_the_chained_check_is_ranked_apart_from_the_larger_check():
     figures = {100: (0.1, 0.3, 0.0), 200: (0.3, 0.1, 0.5)}  # the run's check, the larger check, the chained check
     results = {"m": {"1": {str(u): {"plain_evaluator": 0.0, "plain_judge": 0.0, "check_32": check, "check_128": larger,
-                                    "check_chain_100": chained} for u, (check, larger, chained) in figures.items()}}}
+                                    "check_chain_100_seconds": 9.0, "check_chain_100": chained}
+                           for u, (check, larger, chained) in figures.items()}}}
     curves = {"m": {"1": {"steps": [{"update": u, "held_out_attack": check, "validation_accuracy": 0.5, "neutral_drift": 0.1}
                                      for u, (check, _, _) in figures.items()],
                           "checks": [{"update": u, "acc_trained": 0.0, "acc_context": 0.0} for u in figures]}}}
