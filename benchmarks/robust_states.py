@@ -78,8 +78,8 @@ def measure(task: str, method: str, train_seed: int, files: dict[int, Path], *, 
         setattr(config, key, value)
     modules = bench.lora_modules(adapter, prompt_set, bench.ROBUST_FAMILY, train_seed)
     attach_lora(adapter, modules, config.lora_rank, config.lora_alpha, train_seed)
-    with lora_disabled(adapter):  # as the run built it, before its LoRA moved
-        held_out = HeldOutAttack(adapter, prompt_set, steps=config.robust_check_steps, images=check_images,
+    with lora_disabled(adapter):  # as the run built it, before its LoRA moved; the chained check at the run's size
+        held_out = HeldOutAttack(adapter, prompt_set, steps=config.robust_check_steps, images=config.robust_check_images if chain_steps else check_images,
                                  targets=config.robust_targets, sampling_steps=config.sampling_steps,
                                  guidance=config.guidance, seed=train_seed + 3, space=config.robust_space)
     evaluator = load_evaluator()
@@ -93,7 +93,7 @@ def measure(task: str, method: str, train_seed: int, files: dict[int, Path], *, 
         if chain_steps:  # the first state's own check, then each goes on from the one before
             found = held_out.attack(**({} if chained is None else {"steps": chain_steps, "initial": chained}))
             chained = found.tensors[adapter.context_key]
-            row = {f"check_chain_{chain_steps}": max(calls[:32].float().mean().item() for calls in held_out.calls_of(found))}
+            row = {f"check_chain_{chain_steps}": max(calls.float().mean().item() for calls in held_out.calls_of(found))}
         else:
             x = generate(adapter, plain_prompts, seed=PLAIN_SEED, num_steps=DEFAULT_SAMPLING_STEPS, guidance=DEFAULT_GUIDANCE)
             with torch.no_grad():
