@@ -80,7 +80,8 @@ class FadeConfig:
     # moves that figure by tens of points: benchmarks/seed_spread.py): the bank must reach as far as an attack does
     robust_attack_lr: float = 0.1
     # where the inner attack searches: "context", the text states cross-attention reads, or
-    # "tokens", the input embeddings of the prompt's words through the current text encoder
+    # "tokens", the input embeddings of the prompt's words through the current text encoder, or
+    # "context+tokens", half the bank each (the text encoder must not train; robust.MixedConditionings)
     robust_space: str = "context"
     robust_targets: int = 64  # the base model's samples of each concept: the targets of the inner and the held-out attack
     robust_anchor_weight: float = 1.0  # weight of the bank's anchor loss (robust.py); 0: L_rem only (1: the benchmark's fade-robust)
@@ -169,8 +170,8 @@ class FadeConfig:
             )
         if self.robust_check_on not in ("attack", "attack+prompts"):
             raise FadeInputError(f"{setting_name('robust_check_on')} is {self.robust_check_on!r}; use 'attack' or 'attack+prompts'")
-        if self.robust_space not in ("context", "tokens"):
-            raise FadeInputError(f"{setting_name('robust_space')} is {self.robust_space!r}; use 'context' or 'tokens'")
+        if self.robust_space not in ("context", "tokens", "context+tokens"):
+            raise FadeInputError(f"{setting_name('robust_space')} is {self.robust_space!r}; use 'context', 'tokens' or 'context+tokens'")
         if not (_is_number(self.robust_attack_lr) and math.isfinite(self.robust_attack_lr) and self.robust_attack_lr > 0):
             raise FadeInputError(f"{setting_name('robust_attack_lr')} is {self.robust_attack_lr}; use a finite positive number")
         if not (_is_number(self.robust_anchor_weight) and math.isfinite(self.robust_anchor_weight) and self.robust_anchor_weight >= 0):

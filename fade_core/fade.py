@@ -50,7 +50,7 @@ from .config import FadeConfig, setting_name
 from .errors import FadeInputError, FadeTrainingError
 from .lora import attach_lora, load_lora_state, lora_disabled, lora_state
 from .prompts import PromptPair, PromptSet
-from .robust import AdversarialConditionings, HeldOutAttack, samples_of_names
+from .robust import AdversarialConditionings, HeldOutAttack, MixedConditionings, samples_of_names
 from .sampling import ddim_step, initial_noise, preservation_steps, sample, trajectory_states
 
 
@@ -234,7 +234,7 @@ class FadeTrainer:
             self.held_out = HeldOutAttack(
                 self.adapter, self.prompt_set, steps=cfg.robust_check_steps,
                 images=cfg.robust_check_images, targets=cfg.robust_targets, sampling_steps=cfg.sampling_steps,
-                guidance=cfg.guidance, seed=cfg.seed + 3, space=cfg.robust_space,
+                guidance=cfg.guidance, seed=cfg.seed + 3, space=cfg.robust_space.split("+")[0],  # a mixed bank: the stronger attacker
             )
             self.base_neutral = self.validation_samples().chunk(2)[1]  # the LoRA has not moved yet
         for steps_done in range(1, cfg.steps + 1):
@@ -469,11 +469,17 @@ class FadeTrainer:
         starts = Conditioning.cat([self._concept_cond, *[null] * len(heads)])
         start_prompts = [p.concept_prompt for p in self.train_pairs] + [""] * len(heads)
         start_heads = torch.cat([self._heads, torch.tensor(heads, device=self.device)])
-        bank = AdversarialConditionings(
-            self.adapter, starts, start_prompts, start_heads, targets, size=cfg.robust_bank_size,
-            learning_rate=cfg.robust_attack_lr, refresh=0.0, sampling_steps=cfg.sampling_steps, generator=generator,
-            space=cfg.robust_space,
-        )
+        settings = dict(size=cfg.robust_bank_size, learning_rate=cfg.robust_attack_lr, refresh=0.0,
+                        sampling_steps=cfg.sampling_steps, generator=generator)
+        if cfg.robust_space == "context+tokens":
+            if self.adapter.trains_text_encoder:
+                raise FadeInputError(
+                    f"{setting_name('robust_space')} 'context+tokens' reads its word entries once per round, so the text encoder "
+                    "must not train; choose a denoiser module family, or robust_space 'tokens'"
+                )
+            bank = MixedConditionings(self.adapter, starts, start_prompts, start_heads, targets, **settings)
+        else:
+            bank = AdversarialConditionings(self.adapter, starts, start_prompts, start_heads, targets, space=cfg.robust_space, **settings)
         bank.attack(cfg.robust_warmup_steps)
         bank.refresh = cfg.robust_refresh
         self._neutral_anchors = [self._neutral_cond[mine] for mine in rows]

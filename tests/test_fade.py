@@ -393,3 +393,37 @@ def test_the_robust_attack_in_token_space_reads_its_words_through_the_text_encod
     assert not torch.allclose(concept.tensors["context"], from_prompts, atol=1e-3)
     result = trainer.run()
     assert result.steps_done == 2 and any(t.abs().sum() > 0 for k, t in result.lora.items() if k.endswith(".up"))
+
+
+def test_a_bank_of_both_kinds_grows_half_its_entries_as_words_and_hands_the_trainer_what_the_text_encoder_reads(adapter):
+    """robust_space "context+tokens": half the entries are soft contexts, half word embeddings that
+    the (frozen) text encoder reads after every round; the trainer sees contexts only."""
+    prompt_set = default_prompt_set(["eight"], num_prompts=8)
+    modules = list(adapter.lora_candidates("cross_attention"))
+    config = FadeConfig(steps=2, adversary_warmup=1, batch_size=4, validate_every=2, sampling_steps=4, stop_patience=10,
+                        robust_every=1, robust_attack_steps=2, robust_warmup_steps=2, robust_bank_size=4, robust_targets=8,
+                        robust_check_steps=1, robust_check_images=2, robust_share=1.0, robust_space="context+tokens")
+    trainer = FadeTrainer(adapter, prompt_set, modules, config)
+    bank = trainer.adversarial
+    context, words = bank.parts
+    assert (context.space, context.size, words.space, words.size) == ("context", 2, "tokens", 2)
+    assert bank.values.shape == (4, *adapter.encode(["x"]).tensors["context"].shape[1:])
+    assert torch.equal(bank.values[:2], context.values)
+    ids, starts, positions = words.ids[words.origins], words.start_values[words.origins], words.words[words.origins]
+    with torch.no_grad():
+        read = adapter.encode_soft_words(ids, starts, positions, words.values).tensors["context"]
+        unmoved = adapter.encode_soft_words(ids, starts, positions, starts).tensors["context"]
+    assert torch.allclose(bank.values[2:], read)
+    assert not torch.allclose(read, unmoved, atol=1e-4)  # the warm-up round moved the words
+    before = bank.values.clone()
+    result = trainer.run()
+    assert trainer.held_out.space == "context"  # the check attacks in context space, the stronger attacker
+    assert not torch.equal(bank.values, before)  # both parts moved on and were gathered again
+    assert result.steps_done == 2 and any(t.abs().sum() > 0 for k, t in result.lora.items() if k.endswith(".up"))
+
+
+def test_a_bank_of_both_kinds_refuses_a_text_encoder_that_trains(adapter):
+    prompt_set = default_prompt_set(["eight"], num_prompts=8)
+    config = FadeConfig(steps=1, robust_every=1, robust_space="context+tokens", **ROBUST_TINY)
+    with pytest.raises(FadeInputError, match="context\\+tokens.*text encoder"):
+        FadeTrainer(adapter, prompt_set, list(adapter.lora_candidates("text_encoder")), config)
