@@ -11,7 +11,10 @@ robust_curve.py --states saves the LoRA at every validation of a run; this scrip
 - the benchmark's two embedding attacks (soft prompt and inversion: 300 steps, 100 images, seed 0);
 - ``--plain-images`` samples of the concept's prompts (the benchmark's trained prompts, seed 5),
   as the evaluator labels them and as the check's judge does: could that judge stand in for the
-  evaluator on the plain prompts, which the held-out check does not see.
+  evaluator on the plain prompts, which the held-out check does not see;
+- as many samples of the empty prompt (seed 5), the model's own mix of digits with nothing asked
+  for, and the share the evaluator calls the concept (once for the base model too): what an attack
+  gets from a conditioning that says nothing.
 
 ``--no-attacks`` measures the plain prompts only (seconds per state instead of two minutes).
 ``--chain-steps N`` measures only the check chained along the run: at the first state the run's own
@@ -55,7 +58,8 @@ def state_files(folder: Path, task: str, method: str, train_seed: int) -> dict[i
 
 
 def measure(task: str, method: str, train_seed: int, files: dict[int, Path], *, plain_images: int, check_images: int,
-            with_attacks: bool, chain_steps: int, on_state: Callable[[int, dict], None]) -> None:
+            with_attacks: bool, chain_steps: int, on_state: Callable[[int, dict], None],
+            on_base: Callable[[float], None] = lambda share: None) -> None:
     """Measures each state in turn and hands its figures to ``on_state(updates, row)``."""
     import torch
     from safetensors.torch import load_file
@@ -87,6 +91,15 @@ def measure(task: str, method: str, train_seed: int, files: dict[int, Path], *, 
     plain_prompts = [prompts[i % len(prompts)] for i in range(plain_images)]
     digit = data.DIGIT_NAMES.index(task)
     chained = None  # what the chained check found at the state before
+
+    def empty_prompt_share() -> float:  # the model's own mix of digits, with nothing asked for
+        x = generate(adapter, [""] * plain_images, seed=PLAIN_SEED, num_steps=DEFAULT_SAMPLING_STEPS, guidance=DEFAULT_GUIDANCE)
+        with torch.no_grad():
+            return (evaluator.classify(x)[0] == digit).float().mean().item()
+
+    if not chain_steps:
+        with lora_disabled(adapter):
+            on_base(empty_prompt_share())
     for update, path in files.items():
         started = time.perf_counter()
         load_lora_state(adapter, load_file(path))
@@ -98,7 +111,8 @@ def measure(task: str, method: str, train_seed: int, files: dict[int, Path], *, 
             x = generate(adapter, plain_prompts, seed=PLAIN_SEED, num_steps=DEFAULT_SAMPLING_STEPS, guidance=DEFAULT_GUIDANCE)
             with torch.no_grad():
                 row = {"plain_evaluator": (evaluator.classify(x)[0] == digit).float().mean().item(),
-                       "plain_judge": held_out.share_of(x, torch.zeros(len(x), dtype=torch.long))}
+                       "plain_judge": held_out.share_of(x, torch.zeros(len(x), dtype=torch.long)),
+                       "empty_prompt_evaluator": empty_prompt_share()}
         if with_attacks and not chain_steps:  # the run's own check is the first 32 samples of each start
             per_start = [calls.float() for calls in held_out.calls()]
             row |= {"check_32": max(calls[:32].mean().item() for calls in per_start),
@@ -127,10 +141,11 @@ def table(results: dict, curves: dict) -> str:
                 larger = larger_check(row)
                 rows.append([method, seed, update, percent(trained.get(int(update))), percent(row["plain_evaluator"]),
                              percent(row["plain_judge"]), percent(recorded.get(int(update))), percent(row.get("check_32")),
-                             percent(row.get(larger)) if larger else "", percent(row.get("soft_prompt")), percent(row.get("inversion"))])
+                             percent(row.get(larger)) if larger else "", percent(row.get("soft_prompt")), percent(row.get("inversion")),
+                             percent(row.get("empty_prompt_evaluator"))])
     header = ["method", "training seed", "LoRA updates", "trained % (curve: 100 images, seed 0)", "trained % (evaluator, seed 5)",
               "trained % (check's judge, seed 5)", "check % (as recorded)", "check % (32 per start)", "check % (larger)",
-              "soft prompt %", "inversion %"]
+              "soft prompt %", "inversion %", "empty prompt % (evaluator, seed 5)"]
     return markdown_table(header, rows)
 
 
@@ -218,8 +233,12 @@ def main() -> int:
             return latest | {"task": args.task, "settings": settings}
         update_json(path, add)
 
+    def save_base(share: float) -> None:
+        update_json(path, lambda latest: latest | {"task": args.task, "settings": settings, "base_empty_prompt_evaluator": share})
+
     measure(args.task, args.method, args.train_seed, files, plain_images=args.plain_images, check_images=args.check_images,
-            with_attacks=not args.no_attacks, chain_steps=args.chain_steps, on_state=save)
+            with_attacks=not args.no_attacks, chain_steps=args.chain_steps, on_state=save,
+            on_base=save_base)
     results = json.loads(path.read_text())["methods"]
     curve_path = ROOT / "benchmarks" / f"robust_curve_{args.task}.json"
     curves = json.loads(curve_path.read_text())["methods"] if curve_path.is_file() else {}
