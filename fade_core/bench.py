@@ -370,7 +370,8 @@ def markdown(results: dict, command: str, notes: str = "") -> str:
             "  read by the text encoder being trained, with the LoRA on the text encoder alone (the AdvUnlearn-style baseline)",
             "  or on every layer and the text encoder (both measured with an earlier default, which their names spell out: the",
             "  previous rounds, batch and preservation window, the anchor pulled to the base model's prediction for a neutral",
-            "  prompt, the bank at lr 0.01).",
+            "  prompt, the bank at lr 0.01). `fade-robust@robust_space=context+tokens` is today's default with half its bank",
+            "  grown as word embeddings, read by the (frozen) text encoder: the soft prompt's and the inversion's kinds both.",
         ]
     if measured & set(REFERENCES):
         lines += [

@@ -38,9 +38,12 @@ PLACEMENTS = ("fade@family=attention", "fade@family=text_encoder", "fade@family=
 # read by the text encoder being trained), on the tuning task in every run: the LoRA on the text
 # encoder alone (the AdvUnlearn-style baseline) and on every module and the text encoder; measured
 # with the earlier default anchor and bank speed, which they name.
+# Last, the current default with half its bank grown as word embeddings (the inversion attack's kind)
+# and read by the frozen text encoder: the candidate for the next default (benchmarks/notes.md).
 ROBUST_PLACEMENTS = (
     f"fade-robust@robust_space=tokens:family=text_encoder:{ROBUST_EARLIER}",
     f"fade-robust@robust_space=tokens:family=all+text_encoder:{ROBUST_EARLIER}",
+    "fade-robust@robust_space=context+tokens",
 )
 
 
