@@ -39,7 +39,8 @@ PLACEMENTS = ("fade@family=attention", "fade@family=text_encoder", "fade@family=
 # encoder alone (the AdvUnlearn-style baseline) and on every module and the text encoder; measured
 # with the earlier default anchor and bank speed, which they name.
 # Last, the current default with half its bank grown as word embeddings (the inversion attack's kind)
-# and read by the frozen text encoder: the candidate for the next default (benchmarks/notes.md).
+# and read by the frozen text encoder: better than the default on eight with training seed 0, not with
+# seed 1 nor on three (benchmarks/notes.md).
 ROBUST_PLACEMENTS = (
     f"fade-robust@robust_space=tokens:family=text_encoder:{ROBUST_EARLIER}",
     f"fade-robust@robust_space=tokens:family=all+text_encoder:{ROBUST_EARLIER}",
