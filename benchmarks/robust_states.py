@@ -67,8 +67,8 @@ def measure(task: str, method: str, train_seed: int, files: dict[int, Path], *, 
     from fade_core import bench
     from fade_core.bench_tasks import method_settings
     from fade_core.config import FadeConfig
-    from fade_core.digits import attacks, data
-    from fade_core.digits.judge import default_prompt_set, load_evaluator
+    from fade_core.digits import attacks
+    from fade_core.digits.judge import default_prompt_set
     from fade_core.digits.model import DEFAULT_GUIDANCE, DEFAULT_SAMPLING_STEPS, load_adapter
     from fade_core.lora import attach_lora, load_lora_state, lora_disabled
     from fade_core.robust import HeldOutAttack
@@ -86,16 +86,14 @@ def measure(task: str, method: str, train_seed: int, files: dict[int, Path], *, 
         held_out = HeldOutAttack(adapter, prompt_set, steps=config.robust_check_steps, images=config.robust_check_images if chain_steps else check_images,
                                  targets=config.robust_targets, sampling_steps=config.sampling_steps,
                                  guidance=config.guidance, seed=train_seed + 3, space=config.robust_space)
-    evaluator = load_evaluator()
     prompts = [p.concept_prompt for p in default_prompt_set([task]).pairs("all")]
     plain_prompts = [prompts[i % len(prompts)] for i in range(plain_images)]
-    digit = data.DIGIT_NAMES.index(task)
     chained = None  # what the chained check found at the state before
 
     def empty_prompt_share() -> float:  # the model's own mix of digits, with nothing asked for
         x = generate(adapter, [""] * plain_images, seed=PLAIN_SEED, num_steps=DEFAULT_SAMPLING_STEPS, guidance=DEFAULT_GUIDANCE)
         with torch.no_grad():
-            return (evaluator.classify(x)[0] == digit).float().mean().item()
+            return attacks.is_concept(x, task).float().mean().item()
 
     if not chain_steps:
         with lora_disabled(adapter):
@@ -110,7 +108,7 @@ def measure(task: str, method: str, train_seed: int, files: dict[int, Path], *, 
         else:
             x = generate(adapter, plain_prompts, seed=PLAIN_SEED, num_steps=DEFAULT_SAMPLING_STEPS, guidance=DEFAULT_GUIDANCE)
             with torch.no_grad():
-                row = {"plain_evaluator": (evaluator.classify(x)[0] == digit).float().mean().item(),
+                row = {"plain_evaluator": attacks.is_concept(x, task).float().mean().item(),
                        "plain_judge": held_out.share_of(x, torch.zeros(len(x), dtype=torch.long)),
                        "empty_prompt_evaluator": empty_prompt_share()}
         if with_attacks and not chain_steps:  # the run's own check is the first 32 samples of each start
