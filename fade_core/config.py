@@ -72,6 +72,12 @@ class FadeConfig:
     robust_warmup_steps: int = 50  # Adam steps of the first round, against the base model
     robust_bank_size: int = 16  # soft conditionings kept
     robust_share: float = 0.5  # share of concept trajectories started from the bank
+    # share of the other concept trajectories sampled from the empty prompt instead of a concept prompt;
+    # their x0 predictions count in L_rem (D's concept logit for the slot's concept) but do not train D
+    # (most are not the concept). Meant for the inversion attack's floor: an embedding that reads as
+    # nothing makes what the empty prompt makes, and the base model draws eight for 12.5 % of it
+    # (benchmarks/notes.md). Works with or without robust_every.
+    empty_prompt_share: float = 0.0
     # 0.25: with 0.0625 (entries that live about 16 rounds instead of 4) eight (training seed 0) gave a
     # soft prompt of 300 / 1,000 / 3,000 steps 13 / 56 / 95 %, against 3 / 46 / 99 % (benchmarks/notes.md)
     robust_refresh: float = 0.25  # share of the bank started afresh every round
@@ -164,6 +170,11 @@ class FadeConfig:
             value = getattr(self, name)
             if not (_is_number(value) and 0.0 <= value <= 1.0):
                 raise FadeInputError(f"{setting_name(name)} is {value}; use a share between 0 and 1")
+        if not (_is_number(self.empty_prompt_share) and 0.0 <= self.empty_prompt_share < 1.0):
+            raise FadeInputError(
+                f"empty_prompt_share is {self.empty_prompt_share}; use a share from 0 up to, not including, 1 "
+                "(the adversary trains on the other trajectories), such as 0.25"
+            )
         if self.robust_anchor_target not in ("negative_guidance", "neutral"):
             raise FadeInputError(
                 f"{setting_name('robust_anchor_target')} is {self.robust_anchor_target!r}; use 'negative_guidance' or 'neutral'"

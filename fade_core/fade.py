@@ -204,6 +204,7 @@ class FadeTrainer:
         self._heads = torch.tensor([prompt_set.concept_index(p.concept) for p in self.train_pairs], device=self.device)
         self._validation = self._validation_batch(prompt_set.pairs("validation"))
         self.chance_band = chance_band(len(self._validation[0]))
+        self._empty_cond = adapter.encode([""]).to(self.device) if self.config.empty_prompt_share else None
         self.adversarial = self._adversarial_bank() if self.config.robust_every else None
         self.pool = PairTrajectories(self, self.config.batch_size)
         self.replay = ReplayBuffer(self.config.replay_size)
@@ -349,7 +350,7 @@ class FadeTrainer:
         concept_cond, neutral_cond = self.pool.concept_cond, original_neutral
         if training and self.adapter.trains_text_encoder:
             concept_cond, neutral_cond = self._read_by_current_text_encoder(pairs, concept_cond)
-        heads, levels = self.pool.heads, self.levels[steps]
+        heads, levels, labelled = self.pool.heads, self.levels[steps], ~self.pool.empty.to(self.device)
         with torch.set_grad_enabled(training):
             x0 = self.adapter.predict_x0(
                 torch.cat([concept_state, neutral_state]), torch.cat([levels, levels]),
@@ -357,8 +358,9 @@ class FadeTrainer:
             )
         x_c, x_notc = x0.chunk(2)
 
-        # Line 7: the adversary learns to tell x_c from x_notc.
-        loss_adversary, accuracy = self._update_adversary(x_c.detach(), x_notc.detach(), heads)
+        # Line 7: the adversary learns to tell x_c from x_notc (not from the empty prompt's samples,
+        # which are mostly not the concept).
+        loss_adversary, accuracy = self._update_adversary(x_c[labelled].detach(), x_notc[labelled].detach(), heads[labelled])
         total = cfg.adversary_warmup + cfg.steps
         report = StepReport(step, total, "train" if training else "warmup", loss_adversary, accuracy)
         if training:
@@ -437,7 +439,8 @@ class FadeTrainer:
         """With a LoRA in the text encoder, the pairs' prompts as the current encoder reads them,
         with gradient (slots that hold a soft conditioning from the robust bank keep it)."""
         chosen = [self.train_pairs[i] for i in pairs.tolist()]
-        fresh = self.adapter.encode_trainable([p.concept_prompt for p in chosen])
+        empty = self.pool.empty.tolist()
+        fresh = self.adapter.encode_trainable(["" if e else p.concept_prompt for p, e in zip(chosen, empty)])
         keep = self.pool.from_bank.to(self.device)
         if keep.any() and self.adversarial.space == "tokens":  # bank entries are words, read anew too
             bank_slots = self.pool.from_bank
@@ -594,6 +597,8 @@ class PairTrajectories:
     the states always come from a model at most ``sampling_steps`` updates old. With the robust
     extension, a share of the slots takes its concept side from the inner attack's bank instead
     of the pair's concept prompt (the neutral twin stays a neutral prompt of the same concept).
+    With ``empty_prompt_share``, a share of the other slots takes its concept side from the empty
+    prompt: L_rem then asks that what the model draws unprompted is not the slot's concept either.
     """
 
     def __init__(self, trainer: FadeTrainer, size: int) -> None:
@@ -601,7 +606,7 @@ class PairTrajectories:
         cfg = trainer.config
         self.num_steps = cfg.sampling_steps
         self.pairs_of_head = [torch.nonzero(trainer._heads == h).flatten().cpu() for h in range(len(trainer.prompt_set.concepts))]
-        self.pairs, self.concept_cond, self.heads, self.bank_origins, self.bank_values = self._draw_slots(size)
+        self.pairs, self.concept_cond, self.heads, self.bank_origins, self.bank_values, self.empty = self._draw_slots(size)
         self.steps = torch.arange(size) * self.num_steps // size
         noise = initial_noise(trainer.adapter, size, trainer.generator)
         cond = Conditioning.cat([self.concept_cond, trainer._neutral_cond[self.pairs.to(trainer.device)]])
@@ -612,7 +617,7 @@ class PairTrajectories:
         both = torch.stack([states[k][i] for k, i in zip(self.steps.tolist() * 2, range(2 * size))])
         self.concept, self.neutral = both.chunk(2)
 
-    def _draw_slots(self, count: int) -> tuple[torch.Tensor, Conditioning, torch.Tensor, torch.Tensor]:
+    def _draw_slots(self, count: int) -> tuple[torch.Tensor, Conditioning, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
         trainer, rng = self.trainer, self.trainer.random
         pairs = torch.tensor([rng.randrange(len(trainer.train_pairs)) for _ in range(count)], dtype=torch.long)
         cond, heads = trainer._concept_cond[pairs], trainer._heads[pairs]
@@ -636,7 +641,17 @@ class PairTrajectories:
                 for i, head in zip(chosen, soft_heads.tolist()):
                     mine = self.pairs_of_head[head]
                     pairs[i] = mine[rng.randrange(len(mine))]
-        return pairs, cond, heads, bank_origins, bank_values
+        empty = torch.zeros(count, dtype=torch.bool)
+        share = trainer.config.empty_prompt_share
+        if share:  # no random draws without it, so that runs without it stay as they were
+            empty = torch.tensor([bank_origins[i] < 0 and rng.random() < share for i in range(count)], dtype=torch.bool)
+            if empty.any():
+                on_device = empty.to(trainer.device)
+                cond = Conditioning({
+                    key: torch.where(on_device.reshape(-1, *[1] * (value.dim() - 1)), trainer._empty_cond.tensors[key].expand_as(value), value)
+                    for key, value in cond.tensors.items()
+                })
+        return pairs, cond, heads, bank_origins, bank_values, empty
 
     @property
     def from_bank(self) -> torch.Tensor:
@@ -664,8 +679,9 @@ class PairTrajectories:
             start = adapter.add_noise(torch.zeros_like(noise), noise, levels[0].expand(count))
             on_device = finished.to(start.device)
             self.concept[on_device], self.neutral[on_device] = start, start
-            pairs, cond, heads, bank_origins, bank_values = self._draw_slots(count)
+            pairs, cond, heads, bank_origins, bank_values, empty = self._draw_slots(count)
             self.pairs[finished], self.heads[on_device], self.bank_origins[finished] = pairs, heads, bank_origins
+            self.empty[finished] = empty
             if bank_values is not None:
                 self.bank_values[finished.to(bank_values.device)] = bank_values
             tensors = {key: value.clone() for key, value in self.concept_cond.tensors.items()}

@@ -131,6 +131,36 @@ def test_the_robust_extension_attacks_between_updates_and_trains_on_its_bank(ada
     assert any(t.abs().sum() > 0 for k, t in result.lora.items() if k.endswith(".up"))
 
 
+@pytest.mark.parametrize("family", ["cross_attention", "text_encoder"])
+def test_empty_prompt_slots_count_in_the_removal_loss_but_do_not_train_the_adversary(adapter, family):
+    """empty_prompt_share: a share of the concept trajectories comes from the empty prompt (what an
+    embedding that reads as nothing draws); D never learns that those samples are the concept."""
+    prompt_set = default_prompt_set(["eight"], num_prompts=8)
+    config = FadeConfig(steps=6, adversary_warmup=1, batch_size=8, validate_every=6, sampling_steps=4, stop_patience=10,
+                        empty_prompt_share=0.5, learning_rate=1e-2)
+    trainer = FadeTrainer(adapter, prompt_set, list(adapter.lora_candidates(family)), config)
+    pool = trainer.pool
+    assert 0 < int(pool.empty.sum()) < 8
+    empty_context = adapter.encode([""]).tensors["context"][0]
+    context = pool.concept_cond.tensors["context"]
+    assert all(torch.equal(context[i], empty_context) == bool(e) for i, e in enumerate(pool.empty.tolist()))
+    judged = []
+    original = trainer._update_adversary
+
+    def spy(x_c, x_notc, heads):
+        judged.append((len(x_c), int((~pool.empty).sum())))
+        return original(x_c, x_notc, heads)
+
+    trainer._update_adversary = spy
+    removal = []
+    trainer.callback = lambda report: report.loss_removal is not None and removal.append(report.loss_removal)
+    result = trainer.run()
+    assert all(seen == labelled for seen, labelled in judged) and any(seen < 8 for seen, _ in judged)
+    assert result.steps_done == 6 and len(removal) == 6 and all(torch.isfinite(torch.tensor(removal)))
+    with pytest.raises(FadeInputError, match="empty_prompt_share"):
+        FadeConfig(empty_prompt_share=1.0).check()
+
+
 # the robust extension at its smallest: one-step attacks, a bank of 4, two images per held-out start
 ROBUST_TINY = dict(robust_attack_steps=1, robust_warmup_steps=1, robust_bank_size=4, robust_targets=4, robust_check_steps=1,
                    robust_check_images=2)
