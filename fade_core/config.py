@@ -95,6 +95,9 @@ class FadeConfig:
     # "negative_guidance", the base model's for that conditioning less the concept's direction, or
     # "neutral", the base model's for a neutral prompt
     robust_anchor_target: str = "negative_guidance"
+    # share of the anchor loss's entries that are the empty prompt itself, never attacked (robust.py): the
+    # unconditional prediction at the concept's noisy samples learns the anchor's target too
+    robust_empty_anchor: float = 0.0
     # the held-out attack at each validation (robust.py, HeldOutAttack): it decides where a robust run
     # stops and which of its states it keeps
     robust_check_steps: int = 300  # Adam steps of the held-out attack (the benchmark's soft prompt takes 300)
@@ -166,7 +169,7 @@ class FadeConfig:
             _require_whole(name, getattr(self, name), 0)
         for name in ("robust_attack_steps", "robust_bank_size", "robust_targets", "robust_check_images", "robust_stop_patience"):
             _require_whole(name, getattr(self, name), 1)
-        for name in ("robust_share", "robust_refresh", "robust_stop_share"):
+        for name in ("robust_share", "robust_refresh", "robust_stop_share", "robust_empty_anchor"):
             value = getattr(self, name)
             if not (_is_number(value) and 0.0 <= value <= 1.0):
                 raise FadeInputError(f"{setting_name(name)} is {value}; use a share between 0 and 1")

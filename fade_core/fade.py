@@ -378,7 +378,7 @@ class FadeTrainer:
             loss = loss_removal + cfg.preservation_weight * loss_preservation
             if self.adversarial is not None and cfg.robust_anchor_weight > 0:  # robust extension
                 loss = loss + cfg.robust_anchor_weight * self.adversarial.anchor_loss(
-                    len(heads), self._neutral_anchors, self._concept_anchors, cfg.robust_anchor_target
+                    len(heads), self._neutral_anchors, self._concept_anchors, cfg.robust_anchor_target, cfg.robust_empty_anchor
                 )
             if not torch.isfinite(loss):
                 raise FadeTrainingError(

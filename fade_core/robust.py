@@ -61,6 +61,7 @@ class AdversarialConditionings:
         self.adapter = adapter
         self.space = space
         self.starts, self.start_heads = starts, start_heads
+        self.empty_starts = torch.tensor([i for i, prompt in enumerate(start_prompts) if prompt == ""], dtype=torch.long)
         if space == "tokens":
             self.ids, self.start_values, self.words = adapter.word_embeddings(start_prompts)
         else:
@@ -114,7 +115,8 @@ class AdversarialConditionings:
         entries = torch.randint(0, self.size, (count,), generator=self.generator)
         return self.origins[entries], self.values[entries], self.heads[entries]
 
-    def anchor_loss(self, count: int, neutrals: list[Conditioning], concepts: list[Conditioning], target: str) -> torch.Tensor:
+    def anchor_loss(self, count: int, neutrals: list[Conditioning], concepts: list[Conditioning], target: str,
+                    empty_share: float = 0.0) -> torch.Tensor:
         """How far the current model, given bank conditionings, still denoises the concept's samples:
         the squared x0 gap, at a noisy sample of the concept, to a prediction of the original model
         that lacks the concept. Differentiable in the LoRA; the bank entries are fixed here.
@@ -128,8 +130,18 @@ class AdversarialConditionings:
         conditioning, what the base model draws for it less the concept. That direction depends on
         the noisy sample and not on the conditioning, so a LoRA that learns it for the bank's
         entries has a reason to carry it to conditionings the bank never held (benchmarks/notes.md
-        has what each target measured)."""
+        has what each target measured).
+
+        ``empty_share`` of the entries are the empty prompt as it started, never attacked: the model's
+        unconditional prediction, which every CFG sample also uses, learns the same target there."""
         origins, values, heads = self.draw(count)
+        fixed = int(round(empty_share * count))
+        if fixed:
+            if not len(self.empty_starts):
+                raise FadeInputError("the bank has no empty-prompt start to anchor; start it from the empty prompt too")
+            picks = self.empty_starts[torch.randint(0, len(self.empty_starts), (fixed,), generator=self.generator)]
+            origins, values, heads = origins.clone(), values.clone(), heads.clone()
+            origins[:fixed], values[:fixed], heads[:fixed] = picks, self.start_values[picks], self.start_heads[picks]
         _, level, x_t = self._noisy_targets(heads)
         with torch.no_grad(), lora_disabled(self.adapter):
             without = self.adapter.predict_x0(x_t, level, self._one_per_entry(neutrals, heads), 1.0)

@@ -166,6 +166,32 @@ ROBUST_TINY = dict(robust_attack_steps=1, robust_warmup_steps=1, robust_bank_siz
                    robust_check_images=2)
 
 
+def test_the_empty_prompt_anchor_holds_the_unconditional_prediction_to_the_anchor_target(adapter, monkeypatch):
+    """robust_empty_anchor: that share of the anchor loss's entries is the empty prompt as it started
+    (the bank's attacked entries have moved away from it), so the LoRA learns the target there too."""
+    prompt_set = default_prompt_set(["eight"], num_prompts=8)
+    config = FadeConfig(steps=2, adversary_warmup=1, batch_size=4, validate_every=2, sampling_steps=4,
+                        robust_every=1, **ROBUST_TINY)
+    trainer = FadeTrainer(adapter, prompt_set, list(adapter.lora_candidates("cross_attention")), config)
+    bank = trainer.adversarial
+    empty_context = adapter.encode([""]).tensors["context"][0]
+    read = []
+    predict = adapter.predict_x0
+    monkeypatch.setattr(adapter, "predict_x0", lambda x, level, cond, guidance: read.append(cond.tensors["context"]) or predict(x, level, cond, guidance))
+
+    def anchored(share: float) -> list[bool]:
+        read.clear()
+        loss = bank.anchor_loss(4, trainer._neutral_anchors, trainer._concept_anchors, "negative_guidance", share)
+        assert torch.isfinite(loss) and loss.requires_grad
+        return [torch.equal(row, empty_context) for row in read[-1]]  # the last call: the LoRA's own prediction
+
+    assert anchored(1.0) == [True] * 4
+    assert anchored(0.5)[:2] == [True, True]
+    assert not any(anchored(0.0))  # the warm-up round moved every entry
+    with pytest.raises(FadeInputError, match="robust_empty_anchor"):
+        FadeConfig(robust_empty_anchor=1.5).check()
+
+
 @pytest.mark.parametrize("robust_every", [0, 1])
 def test_plain_fade_stops_at_chance_and_the_robust_extension_does_not(adapter, robust_every, monkeypatch):
     """stop_accuracy 1.0 counts every validation as chance: plain FADE stops after stop_patience
