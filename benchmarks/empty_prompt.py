@@ -1,0 +1,85 @@
+"""One benchmark row, and what the erased model draws for the empty prompt.
+
+    python benchmarks/empty_prompt.py --task eight --method "fade-robust@robust_empty_anchor=0.5"
+
+The row is the one ``python -m fade_core bench`` measures (bench.run_job: 100 images, attacks of 300
+steps, benchmark seed 0) and is saved where bench reuses it (``--runs``, benchmarks/runs by default).
+Beside it, 200 samples of the empty prompt (seed 5, as robust_states.py draws them) from the erased
+model, and the share the evaluator calls the concept. The inversion attack's generations after
+fade-robust are the model's own mix of digits (benchmarks/notes.md), so this share is what an attacker
+with a word embedding can fall back on; the base model draws eight for 12.5 % of it.
+Results go to benchmarks/empty_prompt_<task>.json, by method (earlier methods are kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from fade_core.files import update_json  # noqa: E402
+
+EMPTY_SEED, EMPTY_IMAGES = 5, 200
+
+
+def measure(task: str, method: str, runs: Path) -> dict:
+    import torch
+
+    from fade_core import bench
+    from fade_core.digits import attacks
+    from fade_core.digits.model import DEFAULT_GUIDANCE, DEFAULT_SAMPLING_STEPS, load_adapter
+    from fade_core.sampling import generate
+
+    torch.set_num_threads(1)
+    concept = bench.task_concepts(task)[0]
+
+    def empty_prompt_share(adapter) -> float:
+        x = generate(adapter, [""] * EMPTY_IMAGES, seed=EMPTY_SEED, num_steps=DEFAULT_SAMPLING_STEPS, guidance=DEFAULT_GUIDANCE)
+        with torch.no_grad():
+            return attacks.is_concept(x, concept).float().mean().item()
+
+    found = {"base_empty_prompt_evaluator": empty_prompt_share(load_adapter())}
+    erase = bench.erase
+
+    def erase_and_count(method, concepts, seed, on_step=None):  # the erased model, before the row's measurements
+        adapter, context, training = erase(method, concepts, seed, on_step)
+        with context():
+            found["empty_prompt_evaluator"] = empty_prompt_share(adapter)
+        print(f"{task} {method}: the empty prompt makes {100 * found['empty_prompt_evaluator']:.1f} % {concept} "
+              f"(base model {100 * found['base_empty_prompt_evaluator']:.1f} %)", flush=True)
+        return adapter, context, training
+
+    bench.erase = erase_and_count
+    try:
+        row = bench.run_job(task, method, 100, 300, 0)
+    finally:
+        bench.erase = erase
+    settings = {"images": 100, "attack_steps": 300, "seed": 0, "prompts": bench.prompt_fingerprint(task, 0)}
+    bench.save_row(runs, (task, method), settings, row)
+    return row | found
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", required=True, help="a single-concept task, such as eight")
+    parser.add_argument("--method", required=True, help="a benchmark method, settings included")
+    parser.add_argument("--runs", type=Path, default=ROOT / "benchmarks" / "runs", help="where bench keeps its rows")
+    args = parser.parse_args()
+    from fade_core.bench import task_concepts
+
+    if len(task_concepts(args.task)) != 1:
+        parser.error(f"--task {args.task!r}: give a task with one concept, such as eight")
+    row = measure(args.task, args.method, args.runs)
+    path = ROOT / "benchmarks" / f"empty_prompt_{args.task}.json"
+    update_json(path, lambda latest: latest | {args.method: row})
+    print(json.dumps({k: round(v, 3) for k, v in row.items() if isinstance(v, float)} | {"kept": row.get("kept_step")}))
+    print(f"results: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

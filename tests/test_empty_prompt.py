@@ -1,0 +1,41 @@
+"""benchmarks/empty_prompt.py: the empty prompt is counted on the erased model, and the row is saved
+where the benchmark reuses it (the erasure and the row's measurements replaced by stand-ins)."""
+
+import contextlib
+import sys
+from pathlib import Path
+
+import torch
+
+from fade_core import bench
+from fade_core.digits.model import load_adapter
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import empty_prompt  # noqa: E402
+
+
+def test_the_empty_prompt_share_is_the_erased_models_and_the_row_is_reusable(tmp_path, monkeypatch):
+    erased = []
+
+    def stand_in_erase(method, concepts, seed, on_step=None):
+        adapter = load_adapter()
+        with torch.no_grad():  # a model far from the base one: its empty-prompt eights differ
+            generator = torch.Generator().manual_seed(0)
+            for parameter in adapter.denoiser.parameters():
+                parameter.add_(0.2 * parameter.abs().mean() * torch.randn(parameter.shape, generator=generator))
+        erased.append(method)
+        return adapter, contextlib.nullcontext, {}
+
+    def stand_in_job(task, method, images, attack_steps, seed):
+        adapter, _, _ = bench.erase(method, bench.task_concepts(task), seed)
+        return {"acc_trained": 0.25}
+
+    monkeypatch.setattr(bench, "erase", stand_in_erase)
+    monkeypatch.setattr(bench, "run_job", stand_in_job)
+    row = empty_prompt.measure("eight", "fade@steps=1", tmp_path)
+    assert erased == ["fade@steps=1"] and bench.erase is stand_in_erase  # the wrapper is gone again
+    assert row["acc_trained"] == 0.25
+    assert 0.0 <= row["empty_prompt_evaluator"] <= 1.0 and row["base_empty_prompt_evaluator"] == 0.125
+    assert row["empty_prompt_evaluator"] != row["base_empty_prompt_evaluator"]
+    settings = {"images": 100, "attack_steps": 300, "seed": 0, "prompts": bench.prompt_fingerprint("eight", 0)}
+    assert bench.saved_row(tmp_path, ("eight", "fade@steps=1"), settings) == {"acc_trained": 0.25}
