@@ -76,7 +76,8 @@ class FadeConfig:
     # their x0 predictions count in L_rem (D's concept logit for the slot's concept) but do not train D
     # (most are not the concept). Meant for the inversion attack's floor: an embedding that reads as
     # nothing makes what the empty prompt makes, and the base model draws eight for 12.5 % of it
-    # (benchmarks/notes.md). Works with or without robust_every.
+    # (benchmarks/notes.md). Works with or without robust_every. Off: in fade-robust on eight 0.25 and 0.5 left
+    # the inversion attack at 13 and 10 % (default 12 %; one training seed each; benchmarks/notes.md)
     empty_prompt_share: float = 0.0
     # 0.25: with 0.0625 (entries that live about 16 rounds instead of 4) eight (training seed 0) gave a
     # soft prompt of 300 / 1,000 / 3,000 steps 13 / 56 / 95 %, against 3 / 46 / 99 % (benchmarks/notes.md)
@@ -96,7 +97,9 @@ class FadeConfig:
     # "neutral", the base model's for a neutral prompt
     robust_anchor_target: str = "negative_guidance"
     # share of the anchor loss's entries that are the empty prompt itself, never attacked (robust.py): the
-    # unconditional prediction at the concept's noisy samples learns the anchor's target too
+    # unconditional prediction at the concept's noisy samples learns the anchor's target too. Off: on eight
+    # 0.25 / 0.5 / 0.5 (training seed 1) left the empty prompt's eights at 7.5 / 9.5 / 8.5 % (base 12.5 %) and
+    # the inversion attack at 14 / 7 / 12 %, as the default's states do (benchmarks/notes.md)
     robust_empty_anchor: float = 0.0
     # the held-out attack at each validation (robust.py, HeldOutAttack): it decides where a robust run
     # stops and which of its states it keeps
