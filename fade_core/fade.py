@@ -359,7 +359,9 @@ class FadeTrainer:
         x_c, x_notc = x0.chunk(2)
 
         # Line 7: the adversary learns to tell x_c from x_notc (not from the empty prompt's samples,
-        # which are mostly not the concept).
+        # which are mostly not the concept, unless every slot of the batch is one: a rare draw).
+        if not labelled.any():
+            labelled = ~labelled
         loss_adversary, accuracy = self._update_adversary(x_c[labelled].detach(), x_notc[labelled].detach(), heads[labelled])
         total = cfg.adversary_warmup + cfg.steps
         report = StepReport(step, total, "train" if training else "warmup", loss_adversary, accuracy)
