@@ -22,33 +22,26 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fade_core.files import update_json  # noqa: E402
+from robust_states import empty_prompt_share  # noqa: E402
 
-EMPTY_SEED, EMPTY_IMAGES = 5, 200
+EMPTY_IMAGES = 200  # as robust_states.py's default --plain-images
 
 
 def measure(task: str, method: str, runs: Path) -> dict:
     import torch
 
     from fade_core import bench
-    from fade_core.digits import attacks
-    from fade_core.digits.model import DEFAULT_GUIDANCE, DEFAULT_SAMPLING_STEPS, load_adapter
-    from fade_core.sampling import generate
+    from fade_core.digits.model import load_adapter
 
     torch.set_num_threads(1)
     concept = bench.task_concepts(task)[0]
-
-    def empty_prompt_share(adapter) -> float:
-        x = generate(adapter, [""] * EMPTY_IMAGES, seed=EMPTY_SEED, num_steps=DEFAULT_SAMPLING_STEPS, guidance=DEFAULT_GUIDANCE)
-        with torch.no_grad():
-            return attacks.is_concept(x, concept).float().mean().item()
-
-    found = {"base_empty_prompt_evaluator": empty_prompt_share(load_adapter())}
+    found = {"base_empty_prompt_evaluator": empty_prompt_share(load_adapter(), concept, EMPTY_IMAGES)}
     erase = bench.erase
 
     def erase_and_count(method, concepts, seed, on_step=None):  # the erased model, before the row's measurements
         adapter, context, training = erase(method, concepts, seed, on_step)
         with context():
-            found["empty_prompt_evaluator"] = empty_prompt_share(adapter)
+            found["empty_prompt_evaluator"] = empty_prompt_share(adapter, concept, EMPTY_IMAGES)
         print(f"{task} {method}: the empty prompt makes {100 * found['empty_prompt_evaluator']:.1f} % {concept} "
               f"(base model {100 * found['base_empty_prompt_evaluator']:.1f} %)", flush=True)
         return adapter, context, training

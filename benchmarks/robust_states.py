@@ -57,6 +57,20 @@ def state_files(folder: Path, task: str, method: str, train_seed: int) -> dict[i
     return dict(sorted(found.items()))
 
 
+def empty_prompt_share(adapter, concept: str, images: int) -> float:
+    """The share of ``images`` samples of the empty prompt (seed PLAIN_SEED) that the evaluator calls
+    ``concept``: the model's own mix of digits, with nothing asked for."""
+    import torch
+
+    from fade_core.digits import attacks
+    from fade_core.digits.model import DEFAULT_GUIDANCE, DEFAULT_SAMPLING_STEPS
+    from fade_core.sampling import generate
+
+    x = generate(adapter, [""] * images, seed=PLAIN_SEED, num_steps=DEFAULT_SAMPLING_STEPS, guidance=DEFAULT_GUIDANCE)
+    with torch.no_grad():
+        return attacks.is_concept(x, concept).float().mean().item()
+
+
 def measure(task: str, method: str, train_seed: int, files: dict[int, Path], *, plain_images: int, check_images: int,
             with_attacks: bool, chain_steps: int, on_state: Callable[[int, dict], None],
             on_base: Callable[[float], None] = lambda share: None) -> None:
@@ -89,15 +103,9 @@ def measure(task: str, method: str, train_seed: int, files: dict[int, Path], *, 
     prompts = [p.concept_prompt for p in default_prompt_set([task]).pairs("all")]
     plain_prompts = [prompts[i % len(prompts)] for i in range(plain_images)]
     chained = None  # what the chained check found at the state before
-
-    def empty_prompt_share() -> float:  # the model's own mix of digits, with nothing asked for
-        x = generate(adapter, [""] * plain_images, seed=PLAIN_SEED, num_steps=DEFAULT_SAMPLING_STEPS, guidance=DEFAULT_GUIDANCE)
-        with torch.no_grad():
-            return attacks.is_concept(x, task).float().mean().item()
-
     if not chain_steps:
         with lora_disabled(adapter):
-            on_base(empty_prompt_share())
+            on_base(empty_prompt_share(adapter, task, plain_images))
     for update, path in files.items():
         started = time.perf_counter()
         load_lora_state(adapter, load_file(path))
@@ -110,7 +118,7 @@ def measure(task: str, method: str, train_seed: int, files: dict[int, Path], *, 
             with torch.no_grad():
                 row = {"plain_evaluator": attacks.is_concept(x, task).float().mean().item(),
                        "plain_judge": held_out.share_of(x, torch.zeros(len(x), dtype=torch.long)),
-                       "empty_prompt_evaluator": empty_prompt_share()}
+                       "empty_prompt_evaluator": empty_prompt_share(adapter, task, plain_images)}
         if with_attacks and not chain_steps:  # the run's own check is the first 32 samples of each start
             per_start = [calls.float() for calls in held_out.calls()]
             row |= {"check_32": max(calls[:32].mean().item() for calls in per_start),

@@ -204,7 +204,7 @@ class FadeTrainer:
         self._heads = torch.tensor([prompt_set.concept_index(p.concept) for p in self.train_pairs], device=self.device)
         self._validation = self._validation_batch(prompt_set.pairs("validation"))
         self.chance_band = chance_band(len(self._validation[0]))
-        self._empty_cond = adapter.encode([""]).to(self.device) if self.config.empty_prompt_share else None
+        self._empty_cond = adapter.encode([""]).to(self.device)  # the bank's starts and empty_prompt_share's slots
         self.adversarial = self._adversarial_bank() if self.config.robust_every else None
         self.pool = PairTrajectories(self, self.config.batch_size)
         self.replay = ReplayBuffer(self.config.replay_size)
@@ -469,9 +469,8 @@ class FadeTrainer:
                              sampling_steps=cfg.sampling_steps, guidance=cfg.guidance)
             for concept in self.prompt_set.concepts
         ]
-        null = self.adapter.encode([""])
         heads = list(range(len(targets)))
-        starts = Conditioning.cat([self._concept_cond, *[null] * len(heads)])
+        starts = Conditioning.cat([self._concept_cond, *[self._empty_cond] * len(heads)])
         start_prompts = [p.concept_prompt for p in self.train_pairs] + [""] * len(heads)
         start_heads = torch.cat([self._heads, torch.tensor(heads, device=self.device)])
         settings = dict(size=cfg.robust_bank_size, learning_rate=cfg.robust_attack_lr, refresh=0.0,
