@@ -79,6 +79,9 @@ class DenoiserAdapter(abc.ABC):
     #: The text encoder, where this host lets a LoRA go into it too (its modules are LoRA candidates
     #: of the "text_encoder" family, named with :data:`TEXT_ENCODER_PREFIX`); None: the denoiser only.
     text_encoder: nn.Module | None = None
+    #: True where guidance is an input of the model (FLUX's distilled guidance) rather than classifier-free
+    #: guidance, ``u + g (c - u)`` over a conditional and an unconditional (empty-prompt) prediction.
+    distilled_guidance: bool = False
 
     @property
     def device(self) -> torch.device:

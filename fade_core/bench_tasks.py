@@ -59,7 +59,7 @@ def method_name(method: str) -> str:
 
 
 def method_settings(method: str) -> dict[str, int | float | str]:
-    """The settings after ``@``, with numbers parsed: ``esd@steps=400`` -> ``{"steps": 400}``."""
+    """The settings after ``@``, with numbers and true/false parsed: ``esd@steps=400`` -> ``{"steps": 400}``."""
     if "@" not in method:
         return {}
     settings = {}
@@ -67,6 +67,9 @@ def method_settings(method: str) -> dict[str, int | float | str]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ValueError(f"method {method!r}: settings are key=value pairs separated by ':', such as fade@steps=300:learning_rate=0.002")
+        if value.strip().lower() in ("true", "false"):
+            settings[key.strip()] = value.strip().lower() == "true"
+            continue
         for kind in (int, float):
             try:
                 settings[key.strip()] = kind(value)

@@ -42,6 +42,12 @@ class FadeConfig:
     sampling_steps: int = setting(10, "--sampling-steps", "length of the trajectories the training states come from")
     adversary: str = "latent"  # "latent" or "clip"
     removal: str = "adversary"  # L_rem; "l2" is the paper's Table 2 ablation (no adversary in the loss)
+    # whether L_rem's gradient reaches the unconditional prediction inside classifier-free guidance. The
+    # guided x0 is u + g (c - u): with g > 1, lowering D's concept logit of it moves u, at the concept's own
+    # noisy states, toward the concept, and u is what the empty prompt, and an embedding that reads as
+    # nothing, draw. False: u is computed without gradient there (same values, same random draws).
+    # Measured in fade-robust (benchmarks/notes.md)
+    removal_unconditional_grad: bool = True
     validate_every: int = 50
     # 0: validations judge, and a run keeps, the LoRA as trained; otherwise an exponential moving average of
     # it with this decay (fade.py, FadeTrainer.averaged_lora). 0.98 with robust_stop_patience 2 met every digit
@@ -158,6 +164,8 @@ class FadeConfig:
             raise FadeInputError(
                 f"{setting_name('guidance')} is {self.guidance}; use a finite CFG scale of 0 or more (usually 1 to 10)"
             )
+        if not isinstance(self.removal_unconditional_grad, bool):
+            raise FadeInputError(f"removal_unconditional_grad is {self.removal_unconditional_grad!r}; use True or False")
         if self.adversary not in ("latent", "clip"):
             raise FadeInputError(f"adversary is {self.adversary!r}; use 'latent' or 'clip'")
         if self.removal not in ("adversary", "l2"):

@@ -204,7 +204,7 @@ class FadeTrainer:
         self._heads = torch.tensor([prompt_set.concept_index(p.concept) for p in self.train_pairs], device=self.device)
         self._validation = self._validation_batch(prompt_set.pairs("validation"))
         self.chance_band = chance_band(len(self._validation[0]))
-        self._empty_cond = adapter.encode([""]).to(self.device)  # the bank's starts and empty_prompt_share's slots
+        self._empty_cond = adapter.encode([""]).to(self.device)  # the bank's starts, empty_prompt_share's slots, L_rem's unconditional side
         self.adversarial = self._adversarial_bank() if self.config.robust_every else None
         self.pool = PairTrajectories(self, self.config.batch_size)
         self.replay = ReplayBuffer(self.config.replay_size)
@@ -352,11 +352,15 @@ class FadeTrainer:
             concept_cond, neutral_cond = self._read_by_current_text_encoder(pairs, concept_cond)
         heads, levels, labelled = self.pool.heads, self.levels[steps], ~self.pool.empty.to(self.device)
         with torch.set_grad_enabled(training):
-            x0 = self.adapter.predict_x0(
-                torch.cat([concept_state, neutral_state]), torch.cat([levels, levels]),
-                Conditioning.cat([concept_cond, neutral_cond]), cfg.guidance,
-            )
-        x_c, x_notc = x0.chunk(2)
+            if training and self._removal_spares_unconditional:
+                x_c = self._guided_through_conditional(concept_state, levels, concept_cond)
+                x_notc = self.adapter.predict_x0(neutral_state, levels, neutral_cond, cfg.guidance)
+            else:
+                x0 = self.adapter.predict_x0(
+                    torch.cat([concept_state, neutral_state]), torch.cat([levels, levels]),
+                    Conditioning.cat([concept_cond, neutral_cond]), cfg.guidance,
+                )
+                x_c, x_notc = x0.chunk(2)
 
         # Line 7: the adversary learns to tell x_c from x_notc (not from the empty prompt's samples,
         # which are mostly not the concept, unless every slot of the batch is one: a rare draw).
@@ -399,6 +403,21 @@ class FadeTrainer:
             report.loss_preservation = loss_preservation.item()
         self.pool.advance(x_c.detach(), x_notc.detach())
         return report
+
+    @property
+    def _removal_spares_unconditional(self) -> bool:
+        cfg = self.config
+        return not cfg.removal_unconditional_grad and cfg.guidance != 1.0 and not self.adapter.distilled_guidance
+
+    def _guided_through_conditional(self, state: torch.Tensor, levels: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """The guided x0 prediction u + g (c - u) with gradient through c alone. Guidance is affine in
+        the model's output, and x0 is affine in that output at a fixed state, so mixing x0 predictions
+        gives the host's own guided prediction."""
+        conditional = self.adapter.predict_x0(state, levels, cond, 1.0)
+        with torch.no_grad():
+            empty = Conditioning({key: value.expand(len(state), *value.shape[1:]) for key, value in self._empty_cond.tensors.items()})
+            unconditional = self.adapter.predict_x0(state, levels, empty, 1.0)
+        return unconditional + self.config.guidance * (conditional - unconditional)
 
     def _update_adversary(self, x_c: torch.Tensor, x_notc: torch.Tensor, heads: torch.Tensor) -> tuple[float, float]:
         """One BCE step of D on this batch, plus an equal batch replayed from earlier steps.

@@ -116,3 +116,11 @@ def test_the_table_explains_tuning_placement_and_reference_rows_only_where_it_ha
     full = markdown({"settings": settings, "tasks": {"eight": {"base": {}, "fade@steps=300": {}, "fade@family=attention": {},
                                                                "retrained": {}}}}, "cmd")
     assert "Tuning budget" in full and "Placements" in full and "**retrained**" in full
+
+
+def test_a_methods_settings_parse_numbers_true_and_false_and_keep_other_words():
+    from fade_core.bench_tasks import method_settings
+
+    assert method_settings("fade-robust@steps=200:learning_rate=0.002:removal_unconditional_grad=false:family=all") == {
+        "steps": 200, "learning_rate": 0.002, "removal_unconditional_grad": False, "family": "all"}
+    assert method_settings("fade@removal_unconditional_grad=True") == {"removal_unconditional_grad": True}

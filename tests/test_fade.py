@@ -161,6 +161,39 @@ def test_empty_prompt_slots_count_in_the_removal_loss_but_do_not_train_the_adver
         FadeConfig(empty_prompt_share=1.0).check()
 
 
+def test_with_removal_unconditional_grad_off_the_removal_loss_moves_the_conditional_prediction_only(adapter, monkeypatch):
+    """removal_unconditional_grad=False: the concept side's guided x0 keeps its value, and its gradient
+    is the guidance scale times the conditional prediction's, where the joint one also carries (1 - g)
+    times the unconditional's, which L_rem would push toward the concept."""
+    prompt_set = default_prompt_set(["eight"], num_prompts=8)
+    config = FadeConfig(steps=1, adversary_warmup=0, batch_size=4, validate_every=1, sampling_steps=4, guidance=2.0,
+                        removal_unconditional_grad=False)
+    trainer = FadeTrainer(adapter, prompt_set, list(adapter.lora_candidates("cross_attention")), config)
+    _, steps, state, _ = trainer.pool.current()
+    levels, cond = trainer.levels[steps], trainer.pool.concept_cond
+    weights = list(trainer.lora_parameters)
+
+    def gradient(prediction):
+        return torch.cat([g.flatten() for g in torch.autograd.grad(prediction.sum(), weights)])
+
+    spared = trainer._guided_through_conditional(state, levels, cond)
+    joint = adapter.predict_x0(state, levels, cond, 2.0)
+    assert torch.allclose(spared, joint, atol=1e-5)
+    through_spared, through_joint = gradient(spared), gradient(joint)
+    through_conditional = gradient(adapter.predict_x0(state, levels, cond, 1.0))
+    assert torch.allclose(through_spared, 2.0 * through_conditional, rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(through_joint, through_spared, rtol=1e-3, atol=1e-6)
+
+    calls = []
+    monkeypatch.setattr(trainer, "_guided_through_conditional", lambda *a: calls.append(1) or FadeTrainer._guided_through_conditional(trainer, *a))
+    trainer.run()
+    assert calls  # the training step took that path
+    monkeypatch.setattr(adapter, "distilled_guidance", True, raising=False)
+    assert not trainer._removal_spares_unconditional  # guidance is an input there: nothing to spare
+    with pytest.raises(FadeInputError, match="removal_unconditional_grad"):
+        FadeConfig(removal_unconditional_grad=0).check()
+
+
 # the robust extension at its smallest: one-step attacks, a bank of 4, two images per held-out start
 ROBUST_TINY = dict(robust_attack_steps=1, robust_warmup_steps=1, robust_bank_size=4, robust_targets=4, robust_check_steps=1,
                    robust_check_images=2)
