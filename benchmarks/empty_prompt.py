@@ -14,6 +14,7 @@ Results go to benchmarks/empty_prompt_<task>.json, by method (earlier methods ar
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -38,13 +39,19 @@ def measure(task: str, method: str, runs: Path) -> dict:
     found = {"base_empty_prompt_evaluator": empty_prompt_share(load_adapter(), concept, EMPTY_IMAGES)}
     erase = bench.erase
 
-    def erase_and_count(method, concepts, seed, on_step=None):  # the erased model, before the row's measurements
+    def erase_and_count(method, concepts, seed, on_step=None):
         adapter, context, training = erase(method, concepts, seed, on_step)
-        with context():
-            found["empty_prompt_evaluator"] = empty_prompt_share(adapter, concept, EMPTY_IMAGES)
-        print(f"{task} {method}: the empty prompt makes {100 * found['empty_prompt_evaluator']:.1f} % {concept} "
-              f"(base model {100 * found['base_empty_prompt_evaluator']:.1f} %)", flush=True)
-        return adapter, context, training
+
+        @contextlib.contextmanager
+        def counting_first():  # run_job enters it after timing the erasure, before the row's measurements
+            with context():
+                if "empty_prompt_evaluator" not in found:
+                    found["empty_prompt_evaluator"] = empty_prompt_share(adapter, concept, EMPTY_IMAGES)
+                    print(f"{task} {method}: the empty prompt makes {100 * found['empty_prompt_evaluator']:.1f} % {concept} "
+                          f"(base model {100 * found['base_empty_prompt_evaluator']:.1f} %)", flush=True)
+                yield
+
+        return adapter, counting_first, training
 
     bench.erase = erase_and_count
     try:

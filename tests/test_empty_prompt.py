@@ -1,5 +1,5 @@
-"""benchmarks/empty_prompt.py: the empty prompt is counted on the erased model, and the row is saved
-where the benchmark reuses it (the erasure and the row's measurements replaced by stand-ins)."""
+"""benchmarks/empty_prompt.py: the empty prompt is counted on the erased model, outside the erasure's
+wall time, and the row is saved where the benchmark reuses it (the erasure and the row's measurements replaced by stand-ins)."""
 
 import contextlib
 import sys
@@ -26,13 +26,21 @@ def test_the_empty_prompt_share_is_the_erased_models_and_the_row_is_reusable(tmp
         erased.append(method)
         return adapter, contextlib.nullcontext, {}
 
-    def stand_in_job(task, method, images, attack_steps, seed):
-        adapter, _, _ = bench.erase(method, bench.task_concepts(task), seed)
+    events = []
+
+    def stand_in_job(task, method, images, attack_steps, seed):  # as run_job: the clock stops before the context
+        adapter, context, _ = bench.erase(method, bench.task_concepts(task), seed)
+        events.append("timed")
+        with context():
+            events.append("measured")
         return {"acc_trained": 0.25}
 
+    count = empty_prompt.empty_prompt_share
+    monkeypatch.setattr(empty_prompt, "empty_prompt_share", lambda *args: events.append("counted") or count(*args))
     monkeypatch.setattr(bench, "erase", stand_in_erase)
     monkeypatch.setattr(bench, "run_job", stand_in_job)
     row = empty_prompt.measure("eight", "fade@steps=1", tmp_path)
+    assert events == ["counted", "timed", "counted", "measured"]  # the base model's, then the erased one's outside the time
     assert erased == ["fade@steps=1"] and bench.erase is stand_in_erase  # the wrapper is gone again
     assert row["acc_trained"] == 0.25
     assert 0.0 <= row["empty_prompt_evaluator"] <= 1.0 and row["base_empty_prompt_evaluator"] == 0.125
