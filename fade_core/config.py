@@ -46,8 +46,8 @@ class FadeConfig:
     # guided x0 is u + g (c - u): with g > 1, lowering D's concept logit of it moves u, at the concept's own
     # noisy states, toward the concept, and u is what the empty prompt, and an embedding that reads as
     # nothing, draw. False: u is computed without gradient there (same values, same random draws). Off: in
-    # fade-robust on eight (training seeds 0-2) False left the empty prompt's eights at 4-5.5 % and the
-    # inversion attack at 0-4 % (default 12, 6, 12 %), but the soft prompt at 1, 30 and 11 % (default 9, 13,
+    # fade-robust on eight (training seeds 0-2) False left the empty prompt's eights at 4-5.5 % (default 7 %)
+    # and the inversion attack at 0-4 % (default 12, 6, 12 %), but the soft prompt at 1, 30 and 11 % (default 9, 13,
     # 3 %), and on bold it kept 78 % of the other styles at 11x the base's FID-proxy (benchmarks/notes.md)
     removal_unconditional_grad: bool = True
     validate_every: int = 50
