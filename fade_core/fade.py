@@ -415,8 +415,7 @@ class FadeTrainer:
         gives the host's own guided prediction."""
         conditional = self.adapter.predict_x0(state, levels, cond, 1.0)
         with torch.no_grad():
-            empty = Conditioning({key: value.expand(len(state), *value.shape[1:]) for key, value in self._empty_cond.tensors.items()})
-            unconditional = self.adapter.predict_x0(state, levels, empty, 1.0)
+            unconditional = self.adapter.predict_x0(state, levels, self._empty_cond[[0] * len(state)], 1.0)
         return unconditional + self.config.guidance * (conditional - unconditional)
 
     def _update_adversary(self, x_c: torch.Tensor, x_notc: torch.Tensor, heads: torch.Tensor) -> tuple[float, float]:
