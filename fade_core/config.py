@@ -42,14 +42,16 @@ class FadeConfig:
     sampling_steps: int = setting(10, "--sampling-steps", "length of the trajectories the training states come from")
     adversary: str = "latent"  # "latent" or "clip"
     removal: str = "adversary"  # L_rem; "l2" is the paper's Table 2 ablation (no adversary in the loss)
-    # whether L_rem's gradient reaches the unconditional prediction inside classifier-free guidance. The
-    # guided x0 is u + g (c - u): with g > 1, lowering D's concept logit of it moves u, at the concept's own
-    # noisy states, toward the concept, and u is what the empty prompt, and an embedding that reads as
-    # nothing, draw. False: u is computed without gradient there (same values, same random draws). Off: in
-    # fade-robust on eight (training seeds 0-2) False left the empty prompt's eights at 4-5.5 % (default 7 %)
-    # and the inversion attack at 0-4 % (default 12, 6, 12 %), but the soft prompt at 1, 30 and 11 % (default 9, 13,
-    # 3 %), and on bold it kept 78 % of the other styles at 11x the base's FID-proxy (benchmarks/notes.md)
-    removal_unconditional_grad: bool = True
+    # the factor on L_rem's gradient where it reaches the unconditional prediction inside classifier-free
+    # guidance (True: 1, False: 0). The guided x0 is u + g (c - u): with g > 1, lowering D's concept logit of
+    # it moves u, at the concept's own noisy states, toward the concept, and u is what the empty prompt, and an
+    # embedding that reads as nothing, draw. Below 1, u's share of the gradient is scaled by this factor (same
+    # values, same random draws). Stays 1: in fade-robust on eight (training seeds 0-2) 0 left the empty prompt's
+    # eights at 4-5.5 % (default 7 %) and the inversion attack at 0-4 % (default 12, 6, 12 %), but the soft prompt
+    # at 1, 30 and 11 % (default 9, 13, 3 %), and on bold it kept 78 % of the other styles at 11x the base's
+    # FID-proxy; 0.5 kept 92 % of them at 6.1x; -1 (u moved as c is) left 18 % of eight on its own prompts
+    # (benchmarks/notes.md)
+    removal_unconditional_grad: float = 1.0
     validate_every: int = 50
     # 0: validations judge, and a run keeps, the LoRA as trained; otherwise an exponential moving average of
     # it with this decay (fade.py, FadeTrainer.averaged_lora). 0.98 with robust_stop_patience 2 met every digit
@@ -166,8 +168,11 @@ class FadeConfig:
             raise FadeInputError(
                 f"{setting_name('guidance')} is {self.guidance}; use a finite CFG scale of 0 or more (usually 1 to 10)"
             )
-        if not isinstance(self.removal_unconditional_grad, bool):
-            raise FadeInputError(f"removal_unconditional_grad is {self.removal_unconditional_grad!r}; use True or False")
+        if not (isinstance(self.removal_unconditional_grad, (int, float)) and math.isfinite(self.removal_unconditional_grad)):
+            raise FadeInputError(
+                f"removal_unconditional_grad is {self.removal_unconditional_grad!r}; use a finite number (1 or True: the "
+                "guided prediction's own gradient; 0 or False: none reaches the unconditional prediction)"
+            )
         if self.adversary not in ("latent", "clip"):
             raise FadeInputError(f"adversary is {self.adversary!r}; use 'latent' or 'clip'")
         if self.removal not in ("adversary", "l2"):

@@ -407,15 +407,19 @@ class FadeTrainer:
     @property
     def _removal_spares_unconditional(self) -> bool:
         cfg = self.config
-        return not cfg.removal_unconditional_grad and cfg.guidance != 1.0 and not self.adapter.distilled_guidance
+        return cfg.removal_unconditional_grad != 1 and cfg.guidance != 1.0 and not self.adapter.distilled_guidance
 
     def _guided_through_conditional(self, state: torch.Tensor, levels: torch.Tensor, cond: Conditioning) -> torch.Tensor:
-        """The guided x0 prediction u + g (c - u) with gradient through c alone. Guidance is affine in
-        the model's output, and x0 is affine in that output at a fixed state, so mixing x0 predictions
-        gives the host's own guided prediction."""
+        """The guided x0 prediction u + g (c - u), with the gradient through u scaled by
+        ``removal_unconditional_grad`` (0: through c alone). Guidance is affine in the model's output,
+        and x0 is affine in that output at a fixed state, so mixing x0 predictions gives the host's own
+        guided prediction."""
         conditional = self.adapter.predict_x0(state, levels, cond, 1.0)
-        with torch.no_grad():
+        factor = float(self.config.removal_unconditional_grad)
+        with torch.set_grad_enabled(factor != 0):
             unconditional = self.adapter.predict_x0(state, levels, self._empty_cond[[0] * len(state)], 1.0)
+        if factor != 0:
+            unconditional = unconditional.detach() + factor * (unconditional - unconditional.detach())
         return unconditional + self.config.guidance * (conditional - unconditional)
 
     def _update_adversary(self, x_c: torch.Tensor, x_notc: torch.Tensor, heads: torch.Tensor) -> tuple[float, float]:

@@ -164,7 +164,8 @@ def test_empty_prompt_slots_count_in_the_removal_loss_but_do_not_train_the_adver
 def test_with_removal_unconditional_grad_off_the_removal_loss_moves_the_conditional_prediction_only(adapter, monkeypatch):
     """removal_unconditional_grad=False: the concept side's guided x0 keeps its value, and its gradient
     is the guidance scale times the conditional prediction's, where the joint one also carries (1 - g)
-    times the unconditional's, which L_rem would push toward the concept."""
+    times the unconditional's, which L_rem would push toward the concept; a factor between scales that
+    share."""
     prompt_set = default_prompt_set(["eight"], num_prompts=8)
     config = FadeConfig(steps=1, adversary_warmup=0, batch_size=4, validate_every=1, sampling_steps=4, guidance=2.0,
                         removal_unconditional_grad=False)
@@ -183,6 +184,11 @@ def test_with_removal_unconditional_grad_off_the_removal_loss_moves_the_conditio
     through_conditional = gradient(adapter.predict_x0(state, levels, cond, 1.0))
     assert torch.allclose(through_spared, 2.0 * through_conditional, rtol=1e-4, atol=1e-6)
     assert not torch.allclose(through_joint, through_spared, rtol=1e-3, atol=1e-6)
+    trainer.config.removal_unconditional_grad = 0.5  # halfway: the gradient is the mean of the two
+    halfway = trainer._guided_through_conditional(state, levels, cond)
+    assert torch.equal(halfway, spared)
+    assert torch.allclose(gradient(halfway), (through_joint + through_spared) / 2, rtol=1e-3, atol=1e-6)
+    trainer.config.removal_unconditional_grad = False
 
     calls = []
     monkeypatch.setattr(trainer, "_guided_through_conditional", lambda *a: calls.append(1) or FadeTrainer._guided_through_conditional(trainer, *a))
@@ -190,8 +196,9 @@ def test_with_removal_unconditional_grad_off_the_removal_loss_moves_the_conditio
     assert calls  # the training step took that path
     monkeypatch.setattr(adapter, "distilled_guidance", True, raising=False)
     assert not trainer._removal_spares_unconditional  # guidance is an input there: nothing to spare
-    with pytest.raises(FadeInputError, match="removal_unconditional_grad"):
-        FadeConfig(removal_unconditional_grad=0).check()
+    for refused in ("no", float("nan")):
+        with pytest.raises(FadeInputError, match="removal_unconditional_grad"):
+            FadeConfig(removal_unconditional_grad=refused).check()
 
 
 # the robust extension at its smallest: one-step attacks, a bank of 4, two images per held-out start
