@@ -45,12 +45,12 @@ class FadeConfig:
     # the factor on L_rem's gradient where it reaches the unconditional prediction inside classifier-free
     # guidance (True: 1, False: 0). The guided x0 is u + g (c - u): with g > 1, lowering D's concept logit of
     # it moves u, at the concept's own noisy states, toward the concept, and u is what the empty prompt, and an
-    # embedding that reads as nothing, draw. Below 1, u's share of the gradient is scaled by this factor (same
+    # embedding that reads as nothing, draw. Other values scale u's share of the gradient by the factor (same
     # values, same random draws). Stays 1: in fade-robust on eight (training seeds 0-2) 0 left the empty prompt's
     # eights at 4-5.5 % (default 7 %) and the inversion attack at 0-4 % (default 12, 6, 12 %), but the soft prompt
     # at 1, 30 and 11 % (default 9, 13, 3 %), and on bold it kept 78 % of the other styles at 11x the base's
-    # FID-proxy; 0.5 kept 92 % of them at 6.1x; -1 (u moved as c is) left 18 % of eight on its own prompts
-    # (benchmarks/notes.md)
+    # FID-proxy (71 % with preservation_weight 40); 0.5 kept 92 % of them at 6.1x; -1 (u moved as c is) left
+    # 18 % of eight on its own prompts (benchmarks/notes.md)
     removal_unconditional_grad: float = 1.0
     validate_every: int = 50
     # 0: validations judge, and a run keeps, the LoRA as trained; otherwise an exponential moving average of
