@@ -352,7 +352,7 @@ class FadeTrainer:
             concept_cond, neutral_cond = self._read_by_current_text_encoder(pairs, concept_cond)
         heads, levels, labelled = self.pool.heads, self.levels[steps], ~self.pool.empty.to(self.device)
         with torch.set_grad_enabled(training):
-            if training and self._removal_spares_unconditional:
+            if training and self._removal_rescales_unconditional:
                 x_c = self._guided_through_conditional(concept_state, levels, concept_cond)
                 x_notc = self.adapter.predict_x0(neutral_state, levels, neutral_cond, cfg.guidance)
             else:
@@ -405,7 +405,7 @@ class FadeTrainer:
         return report
 
     @property
-    def _removal_spares_unconditional(self) -> bool:
+    def _removal_rescales_unconditional(self) -> bool:
         cfg = self.config
         return cfg.removal_unconditional_grad != 1 and cfg.guidance != 1.0 and not self.adapter.distilled_guidance
 
@@ -416,9 +416,8 @@ class FadeTrainer:
         guided prediction."""
         conditional = self.adapter.predict_x0(state, levels, cond, 1.0)
         factor = float(self.config.removal_unconditional_grad)
-        with torch.set_grad_enabled(factor != 0):
+        with torch.set_grad_enabled(factor != 0):  # at 0 no graph is kept for u
             unconditional = self.adapter.predict_x0(state, levels, self._empty_cond[[0] * len(state)], 1.0)
-        if factor != 0:
             unconditional = unconditional.detach() + factor * (unconditional - unconditional.detach())
         return unconditional + self.config.guidance * (conditional - unconditional)
 

@@ -195,7 +195,7 @@ def test_with_removal_unconditional_grad_off_the_removal_loss_moves_the_conditio
     trainer.run()
     assert calls  # the training step took that path
     monkeypatch.setattr(adapter, "distilled_guidance", True, raising=False)
-    assert not trainer._removal_spares_unconditional  # guidance is an input there: nothing to spare
+    assert not trainer._removal_rescales_unconditional  # guidance is an input there: nothing to spare
     for refused in ("no", float("nan")):
         with pytest.raises(FadeInputError, match="removal_unconditional_grad"):
             FadeConfig(removal_unconditional_grad=refused).check()
