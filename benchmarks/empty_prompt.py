@@ -5,7 +5,7 @@
 The row is the one ``python -m fade_core bench`` measures (bench.run_job: 100 images, attacks of 300
 steps, benchmark seed 0) and is saved where bench reuses it (``--runs``, benchmarks/runs by default).
 Beside it, 200 samples of the empty prompt (seed 5, as robust_states.py draws them) from the erased
-model, and the share the evaluator calls the concept. The inversion attack's generations after
+model, the share the evaluator calls the concept, and the evaluator's style shares among them. The inversion attack's generations after
 fade-robust are the model's own mix of digits (benchmarks/notes.md), so this share is what an attacker
 with a word embedding can fall back on; the base model draws eight for 12.5 % of it.
 Results go to benchmarks/empty_prompt_<task>.json, by method (earlier methods are kept).
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fade_core.files import update_json  # noqa: E402
-from robust_states import empty_prompt_share  # noqa: E402
+from robust_states import empty_prompt_share, empty_prompt_styles  # noqa: E402
 
 EMPTY_IMAGES = 200  # as robust_states.py's default --plain-images
 
@@ -36,7 +36,9 @@ def measure(task: str, method: str, runs: Path) -> dict:
 
     torch.set_num_threads(1)
     concept = bench.task_concepts(task)[0]
-    found = {"base_empty_prompt_evaluator": empty_prompt_share(load_adapter(), concept, EMPTY_IMAGES)}
+    base = load_adapter()
+    found = {"base_empty_prompt_evaluator": empty_prompt_share(base, concept, EMPTY_IMAGES),
+             "base_empty_prompt_styles": empty_prompt_styles(base, EMPTY_IMAGES)}
     erase = bench.erase
 
     def erase_and_count(method, concepts, seed, on_step=None):
@@ -47,6 +49,7 @@ def measure(task: str, method: str, runs: Path) -> dict:
             with context():
                 if "empty_prompt_evaluator" not in found:
                     found["empty_prompt_evaluator"] = empty_prompt_share(adapter, concept, EMPTY_IMAGES)
+                    found["empty_prompt_styles"] = empty_prompt_styles(adapter, EMPTY_IMAGES)
                     print(f"{task} {method}: the empty prompt makes {100 * found['empty_prompt_evaluator']:.1f} % {concept} "
                           f"(base model {100 * found['base_empty_prompt_evaluator']:.1f} %)", flush=True)
                 yield

@@ -60,15 +60,29 @@ def state_files(folder: Path, task: str, method: str, train_seed: int) -> dict[i
 def empty_prompt_share(adapter, concept: str, images: int) -> float:
     """The share of ``images`` samples of the empty prompt (seed PLAIN_SEED) that the evaluator calls
     ``concept``: the model's own mix of digits, with nothing asked for."""
+    from fade_core.digits import attacks
+
+    return attacks.is_concept(empty_prompt_samples(adapter, images), concept).float().mean().item()
+
+
+def empty_prompt_styles(adapter, images: int) -> dict[str, float]:
+    """The evaluator's style shares among the same samples: whether an erasure moves what every
+    prompt draws (bold's strokes, say, in samples that asked for no style)."""
+    from fade_core.digits.judge import load_evaluator
+    from fade_core.digits.vocabulary import STYLE_NAMES
+
+    _, styles = load_evaluator().classify(empty_prompt_samples(adapter, images))
+    return {name: (styles == index).float().mean().item() for index, name in enumerate(STYLE_NAMES)}
+
+
+def empty_prompt_samples(adapter, images: int):
     import torch
 
-    from fade_core.digits import attacks
     from fade_core.digits.model import DEFAULT_GUIDANCE, DEFAULT_SAMPLING_STEPS
     from fade_core.sampling import generate
 
-    x = generate(adapter, [""] * images, seed=PLAIN_SEED, num_steps=DEFAULT_SAMPLING_STEPS, guidance=DEFAULT_GUIDANCE)
     with torch.no_grad():
-        return attacks.is_concept(x, concept).float().mean().item()
+        return generate(adapter, [""] * images, seed=PLAIN_SEED, num_steps=DEFAULT_SAMPLING_STEPS, guidance=DEFAULT_GUIDANCE)
 
 
 def measure(task: str, method: str, train_seed: int, files: dict[int, Path], *, plain_images: int, check_images: int,

@@ -381,6 +381,12 @@ class FadeTrainer:
             loss_preservation = preservation_loss(
                 self.adapter, x_notc[on_device], neutral_state[on_device], levels[early], original_neutral[on_device], cfg.guidance
             )
+            if cfg.preservation_unconditional and self._samples_use_unconditional and early.any():
+                empty = self._empty_cond[[0] * int(early.sum())]
+                unconditional = self.adapter.predict_x0(neutral_state[on_device], levels[early], empty, 1.0)
+                loss_preservation = loss_preservation + cfg.preservation_unconditional * preservation_loss(
+                    self.adapter, unconditional, neutral_state[on_device], levels[early], empty, 1.0
+                )
             loss = loss_removal + cfg.preservation_weight * loss_preservation
             if self.adversarial is not None and cfg.robust_anchor_weight > 0:  # robust extension
                 loss = loss + cfg.robust_anchor_weight * self.adversarial.anchor_loss(
@@ -405,9 +411,13 @@ class FadeTrainer:
         return report
 
     @property
+    def _samples_use_unconditional(self) -> bool:
+        """Whether the loop's guided predictions contain the unconditional one (distilled guidance is an input)."""
+        return self.config.guidance != 1.0 and not self.adapter.distilled_guidance
+
+    @property
     def _removal_rescales_unconditional(self) -> bool:
-        cfg = self.config
-        return cfg.removal_unconditional_grad != 1 and cfg.guidance != 1.0 and not self.adapter.distilled_guidance
+        return self.config.removal_unconditional_grad != 1 and self._samples_use_unconditional
 
     def _guided_through_conditional(self, state: torch.Tensor, levels: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """The guided x0 prediction u + g (c - u), with the gradient through u scaled by

@@ -5,6 +5,7 @@ import contextlib
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from fade_core import bench
@@ -45,5 +46,8 @@ def test_the_empty_prompt_share_is_the_erased_models_and_the_row_is_reusable(tmp
     assert row["acc_trained"] == 0.25
     assert 0.0 <= row["empty_prompt_evaluator"] <= 1.0 and row["base_empty_prompt_evaluator"] == 0.125
     assert row["empty_prompt_evaluator"] != row["base_empty_prompt_evaluator"]
+    base_styles, styles = row["base_empty_prompt_styles"], row["empty_prompt_styles"]
+    assert sum(base_styles.values()) == pytest.approx(1.0) and sum(styles.values()) == pytest.approx(1.0)
+    assert base_styles["bold"] == pytest.approx(0.1) and styles != base_styles  # the base model's bold share, as empty_prompt_share counts it
     settings = {"images": 100, "attack_steps": 300, "seed": 0, "prompts": bench.prompt_fingerprint("eight", 0)}
     assert bench.saved_row(tmp_path, ("eight", "fade@steps=1"), settings) == {"acc_trained": 0.25}

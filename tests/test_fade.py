@@ -201,6 +201,33 @@ def test_with_removal_unconditional_grad_off_the_removal_loss_moves_the_conditio
             FadeConfig(removal_unconditional_grad=refused).check()
 
 
+
+def test_preservation_unconditional_also_holds_the_empty_prompts_prediction_at_the_neutral_states(adapter):
+    """L_pres with preservation_unconditional w: the guided gap on the neutral prompts, plus w times the
+    gap of the unconditional prediction (guidance 1) at the same early neutral states."""
+    prompt_set = default_prompt_set(["eight"], num_prompts=8)
+    config = FadeConfig(steps=1, adversary_warmup=0, batch_size=6, validate_every=1, sampling_steps=4, t0_fraction=0.5,
+                        guidance=2.0, preservation_unconditional=0.5)
+    trainer = FadeTrainer(adapter, prompt_set, list(adapter.lora_candidates("cross_attention")), config)
+    with torch.no_grad():
+        for _, layer in lora_layers(adapter.denoiser):
+            layer.lora_B[ADAPTER_NAME].weight.normal_(0, 0.05)
+    pairs, steps, _, neutral_state = trainer.pool.current()
+    early = steps < trainer.preserved_steps
+    assert 0 < int(early.sum()) < len(steps)  # both kinds of slot, so the test sees the cutoff
+    state, levels = neutral_state[early], trainer.levels[steps][early]
+    neutral, empty = trainer._neutral_cond[pairs[early]], trainer._empty_cond[[0] * int(early.sum())]
+    with torch.no_grad():
+        guided_gap = preservation_loss(adapter, adapter.predict_x0(state, levels, neutral, 2.0), state, levels, neutral, 2.0)
+        unconditional_gap = preservation_loss(adapter, adapter.predict_x0(state, levels, empty, 1.0), state, levels, empty, 1.0)
+    assert unconditional_gap > 0
+    report = trainer._step(0, training=True)
+    assert report.loss_preservation == pytest.approx((guided_gap + 0.5 * unconditional_gap).item(), rel=1e-4)
+    for refused in (-1.0, float("inf"), "yes"):
+        with pytest.raises(FadeInputError, match="preservation_unconditional"):
+            FadeConfig(preservation_unconditional=refused).check()
+
+
 # the robust extension at its smallest: one-step attacks, a bank of 4, two images per held-out start
 ROBUST_TINY = dict(robust_attack_steps=1, robust_warmup_steps=1, robust_bank_size=4, robust_targets=4, robust_check_steps=1,
                    robust_check_images=2)
