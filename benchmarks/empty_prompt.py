@@ -5,9 +5,10 @@
 The row is the one ``python -m fade_core bench`` measures (bench.run_job: 100 images, attacks of 300
 steps, benchmark seed 0) and is saved where bench reuses it (``--runs``, benchmarks/runs by default).
 Beside it, 200 samples of the empty prompt (seed 5, as robust_states.py draws them) from the erased
-model, the share the evaluator calls the concept, and the evaluator's style shares among them. The inversion attack's generations after
-fade-robust are the model's own mix of digits (benchmarks/notes.md), so this share is what an attacker
-with a word embedding can fall back on; the base model draws eight for 12.5 % of it.
+model, the share the evaluator calls the concept, and the evaluator's style shares among them. The
+inversion attack's generations after fade-robust are the model's own mix of digits (benchmarks/notes.md),
+so the concept's share is what an attacker with a word embedding can fall back on; the base model draws
+eight for 12.5 % of it. The style shares show whether an erasure moved what every prompt draws.
 Results go to benchmarks/empty_prompt_<task>.json, by method (earlier methods are kept).
 """
 

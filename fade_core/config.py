@@ -49,8 +49,9 @@ class FadeConfig:
     # values, same random draws). Stays 1: in fade-robust on eight (training seeds 0-2) 0 left the empty prompt's
     # eights at 4-5.5 % (default 7 %) and the inversion attack at 0-4 % (default 12, 6, 12 %), but the soft prompt
     # at 1, 30 and 11 % (default 9, 13, 3 %), and on bold it kept 78 % of the other styles at 11x the base's
-    # FID-proxy (71 % with preservation_weight 40): u went thin, 98.5 % of the empty prompt's samples; 0.5 kept 92 % of them at 6.1x; -1 (u moved as c is) left
-    # 18 % of eight on its own prompts (benchmarks/notes.md)
+    # FID-proxy (71 % with preservation_weight 40): u went thin there, 98.5 % of the empty prompt's samples;
+    # 0.5 kept 92 % of them at 6.1x; -1 (u moved as c is) left 18 % of eight on its own prompts
+    # (benchmarks/notes.md)
     removal_unconditional_grad: float = 1.0
     # weight, relative to L_pres, of a second preservation term: the gap between the current and the original
     # unconditional x0 prediction (the empty prompt's, without guidance) at L_pres's neutral states and steps.

@@ -201,7 +201,6 @@ def test_with_removal_unconditional_grad_off_the_removal_loss_moves_the_conditio
             FadeConfig(removal_unconditional_grad=refused).check()
 
 
-
 def test_preservation_unconditional_also_holds_the_empty_prompts_prediction_at_the_neutral_states(adapter):
     """L_pres with preservation_unconditional w: the guided gap on the neutral prompts, plus w times the
     gap of the unconditional prediction (guidance 1) at the same early neutral states."""
