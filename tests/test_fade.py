@@ -201,7 +201,7 @@ def test_with_removal_unconditional_grad_off_the_removal_loss_moves_the_conditio
             FadeConfig(removal_unconditional_grad=refused).check()
 
 
-def test_preservation_unconditional_also_holds_the_empty_prompts_prediction_at_the_neutral_states(adapter):
+def test_preservation_unconditional_also_holds_the_empty_prompts_prediction_at_the_neutral_states(adapter, monkeypatch):
     """L_pres with preservation_unconditional w: the guided gap on the neutral prompts, plus w times the
     gap of the unconditional prediction (guidance 1) at the same early neutral states."""
     prompt_set = default_prompt_set(["eight"], num_prompts=8)
@@ -222,6 +222,11 @@ def test_preservation_unconditional_also_holds_the_empty_prompts_prediction_at_t
     assert unconditional_gap > 0
     report = trainer._step(0, training=True)
     assert report.loss_preservation == pytest.approx((guided_gap + 0.5 * unconditional_gap).item(), rel=1e-4)
+    monkeypatch.setattr(adapter, "distilled_guidance", True, raising=False)
+    calls = []
+    monkeypatch.setattr(adapter, "predict_x0", lambda *a: calls.append(a[3]) or type(adapter).predict_x0(adapter, *a))
+    trainer._step(1, training=True)
+    assert 1.0 not in calls  # guidance is an input there: samples never use u, so nothing holds it
     for refused in (-1.0, float("inf"), "yes"):
         with pytest.raises(FadeInputError, match="preservation_unconditional"):
             FadeConfig(preservation_unconditional=refused).check()
