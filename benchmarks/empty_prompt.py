@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fade_core.files import update_json  # noqa: E402
-from robust_states import empty_prompt_share, empty_prompt_styles  # noqa: E402
+from robust_states import empty_prompt_counts  # noqa: E402
 
 EMPTY_IMAGES = 200  # as robust_states.py's default --plain-images
 
@@ -37,9 +37,8 @@ def measure(task: str, method: str, runs: Path) -> dict:
 
     torch.set_num_threads(1)
     concept = bench.task_concepts(task)[0]
-    base = load_adapter()
-    found = {"base_empty_prompt_evaluator": empty_prompt_share(base, concept, EMPTY_IMAGES),
-             "base_empty_prompt_styles": empty_prompt_styles(base, EMPTY_IMAGES)}
+    share, styles = empty_prompt_counts(load_adapter(), concept, EMPTY_IMAGES)
+    found = {"base_empty_prompt_evaluator": share, "base_empty_prompt_styles": styles}
     erase = bench.erase
 
     def erase_and_count(method, concepts, seed, on_step=None):
@@ -49,8 +48,7 @@ def measure(task: str, method: str, runs: Path) -> dict:
         def counting_first():  # run_job enters it after timing the erasure, before the row's measurements
             with context():
                 if "empty_prompt_evaluator" not in found:
-                    found["empty_prompt_evaluator"] = empty_prompt_share(adapter, concept, EMPTY_IMAGES)
-                    found["empty_prompt_styles"] = empty_prompt_styles(adapter, EMPTY_IMAGES)
+                    found["empty_prompt_evaluator"], found["empty_prompt_styles"] = empty_prompt_counts(adapter, concept, EMPTY_IMAGES)
                     print(f"{task} {method}: the empty prompt makes {100 * found['empty_prompt_evaluator']:.1f} % {concept} "
                           f"(base model {100 * found['base_empty_prompt_evaluator']:.1f} %)", flush=True)
                 yield

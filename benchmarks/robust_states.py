@@ -60,19 +60,20 @@ def state_files(folder: Path, task: str, method: str, train_seed: int) -> dict[i
 def empty_prompt_share(adapter, concept: str, images: int) -> float:
     """The share of ``images`` samples of the empty prompt (seed PLAIN_SEED) that the evaluator calls
     ``concept``: the model's own mix of digits, with nothing asked for."""
+    return empty_prompt_counts(adapter, concept, images)[0]
+
+
+def empty_prompt_counts(adapter, concept: str, images: int) -> tuple[float, dict[str, float]]:
+    """That share, and the evaluator's style shares among the same samples: whether an erasure moves
+    what every prompt draws (bold's strokes, say, in samples that asked for no style)."""
     from fade_core.digits import attacks
-
-    return attacks.is_concept(empty_prompt_samples(adapter, images), concept).float().mean().item()
-
-
-def empty_prompt_styles(adapter, images: int) -> dict[str, float]:
-    """The evaluator's style shares among the same samples: whether an erasure moves what every
-    prompt draws (bold's strokes, say, in samples that asked for no style)."""
     from fade_core.digits.judge import load_evaluator
     from fade_core.digits.vocabulary import STYLE_NAMES
 
-    _, styles = load_evaluator().classify(empty_prompt_samples(adapter, images))
-    return {name: (styles == index).float().mean().item() for index, name in enumerate(STYLE_NAMES)}
+    samples = empty_prompt_samples(adapter, images)
+    _, styles = load_evaluator().classify(samples)
+    share = attacks.is_concept(samples, concept).float().mean().item()
+    return share, {name: (styles == index).float().mean().item() for index, name in enumerate(STYLE_NAMES)}
 
 
 def empty_prompt_samples(adapter, images: int):

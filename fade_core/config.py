@@ -217,13 +217,10 @@ class FadeConfig:
             raise FadeInputError(f"{setting_name('robust_space')} is {self.robust_space!r}; use 'context', 'tokens' or 'context+tokens'")
         if not (_is_number(self.robust_attack_lr) and math.isfinite(self.robust_attack_lr) and self.robust_attack_lr > 0):
             raise FadeInputError(f"{setting_name('robust_attack_lr')} is {self.robust_attack_lr}; use a finite positive number")
-        if not (_is_number(self.preservation_unconditional) and math.isfinite(self.preservation_unconditional)
-                and self.preservation_unconditional >= 0):
-            raise FadeInputError(
-                f"preservation_unconditional is {self.preservation_unconditional}; use a finite weight of 0 (off) or more, such as 1"
-            )
-        if not (_is_number(self.robust_anchor_weight) and math.isfinite(self.robust_anchor_weight) and self.robust_anchor_weight >= 0):
-            raise FadeInputError(f"{setting_name('robust_anchor_weight')} is {self.robust_anchor_weight}; use a finite number of 0 or more")
+        for name in ("robust_anchor_weight", "preservation_unconditional"):
+            value = getattr(self, name)
+            if not (_is_number(value) and math.isfinite(value) and value >= 0):
+                raise FadeInputError(f"{setting_name(name)} is {value}; use a finite number of 0 (off) or more")
 
 
 def setting_name(name: str) -> str:

@@ -36,8 +36,8 @@ def test_the_empty_prompt_share_is_the_erased_models_and_the_row_is_reusable(tmp
             events.append("measured")
         return {"acc_trained": 0.25}
 
-    count = empty_prompt.empty_prompt_share
-    monkeypatch.setattr(empty_prompt, "empty_prompt_share", lambda *args: events.append("counted") or count(*args))
+    count = empty_prompt.empty_prompt_counts
+    monkeypatch.setattr(empty_prompt, "empty_prompt_counts", lambda *args: events.append("counted") or count(*args))
     monkeypatch.setattr(bench, "erase", stand_in_erase)
     monkeypatch.setattr(bench, "run_job", stand_in_job)
     row = empty_prompt.measure("eight", "fade@steps=1", tmp_path)
@@ -48,6 +48,6 @@ def test_the_empty_prompt_share_is_the_erased_models_and_the_row_is_reusable(tmp
     assert row["empty_prompt_evaluator"] != row["base_empty_prompt_evaluator"]
     base_styles, styles = row["base_empty_prompt_styles"], row["empty_prompt_styles"]
     assert sum(base_styles.values()) == pytest.approx(1.0) and sum(styles.values()) == pytest.approx(1.0)
-    assert base_styles["bold"] == pytest.approx(0.1) and styles != base_styles  # the base model's bold share, as empty_prompt_share counts it
+    assert base_styles["bold"] == pytest.approx(0.1) and styles != base_styles  # the base model's bold share, as the concept count gives it
     settings = {"images": 100, "attack_steps": 300, "seed": 0, "prompts": bench.prompt_fingerprint("eight", 0)}
     assert bench.saved_row(tmp_path, ("eight", "fade@steps=1"), settings) == {"acc_trained": 0.25}
