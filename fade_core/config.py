@@ -63,6 +63,10 @@ class FadeConfig:
     # factor's gain on eight (inversion 16 % against 0 %). The robustness measured so far comes with u moving
     # (benchmarks/notes.md)
     preservation_unconditional: float = 0.0
+    # 0: preservation_unconditional holds u pixel by pixel; k: only u's k x k block averages (1: its mean per
+    # channel, which on the digits is the stroke mass). Meant to let u stop drawing the concept while its
+    # overall make-up stays: after bold and inverted, u otherwise drifts to thin strokes (benchmarks/notes.md).
+    preservation_unconditional_pool: int = 0
     validate_every: int = 50
     # 0: validations judge, and a run keeps, the LoRA as trained; otherwise an exponential moving average of
     # it with this decay (fade.py, FadeTrainer.averaged_lora). 0.98 with robust_stop_patience 2 met every digit
@@ -194,6 +198,7 @@ class FadeConfig:
             raise FadeInputError(f"stop_accuracy is {self.stop_accuracy}; use a number between 0.5 (chance) and 1")
         _require_whole("seed", self.seed, 0, MAX_SEED)
         _require_whole("audit_samples", self.audit_samples, 4)
+        _require_whole("preservation_unconditional_pool", self.preservation_unconditional_pool, 0)
         for name in ("robust_every", "robust_warmup_steps", "robust_check_steps"):
             _require_whole(name, getattr(self, name), 0)
         for name in ("robust_attack_steps", "robust_bank_size", "robust_targets", "robust_check_images", "robust_stop_patience"):

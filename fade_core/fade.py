@@ -385,7 +385,8 @@ class FadeTrainer:
                 empty = self._empty_cond[[0] * int(early.sum())]
                 unconditional = self.adapter.predict_x0(neutral_state[on_device], levels[early], empty, 1.0)
                 loss_preservation = loss_preservation + cfg.preservation_unconditional * preservation_loss(
-                    self.adapter, unconditional, neutral_state[on_device], levels[early], empty, 1.0
+                    self.adapter, unconditional, neutral_state[on_device], levels[early], empty, 1.0,
+                    pool=cfg.preservation_unconditional_pool,
                 )
             loss = loss_removal + cfg.preservation_weight * loss_preservation
             if self.adversarial is not None and cfg.robust_anchor_weight > 0:  # robust extension
@@ -584,14 +585,21 @@ def preservation_loss(
     levels: torch.Tensor,
     neutral_cond: Conditioning,
     guidance: float,
+    pool: int = 0,
 ) -> torch.Tensor:
     """L_pres: squared gap between the current x0 predictions on neutral prompts (``current``, with
-    gradient) and the original model's at the same states, summed over pixels, mean over samples."""
+    gradient) and the original model's at the same states, summed over pixels, mean over samples.
+    With ``pool`` k, only the gap's k x k block averages count (what a k x k average of the image
+    sees), spread back over the pixels they cover so that the scale matches the full gap's."""
     if len(z_t) == 0:
         return torch.zeros((), device=current.device)
     with torch.no_grad(), lora_disabled(adapter):
         original = adapter.predict_x0(z_t, levels, neutral_cond, guidance)
-    return (current - original).pow(2).flatten(1).sum(1).mean()
+    gap = current - original
+    if pool:
+        pixels_per_block = gap.shape[-2] * gap.shape[-1] / pool**2
+        return F.adaptive_avg_pool2d(gap, pool).pow(2).flatten(1).sum(1).mean() * pixels_per_block
+    return gap.pow(2).flatten(1).sum(1).mean()
 
 
 class ReplayBuffer:
