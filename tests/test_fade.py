@@ -201,18 +201,18 @@ def test_with_removal_unconditional_grad_off_the_removal_loss_moves_the_conditio
             FadeConfig(removal_unconditional_grad=refused).check()
 
 
-
 def test_pooled_preservation_sees_only_the_gaps_block_averages(adapter):
     """pool k: a gap whose k x k block averages are zero costs nothing; a gap that is constant on each
     block costs what the full comparison charges."""
     attach_lora(adapter, list(adapter.lora_candidates("cross_attention")), rank=4, alpha=4.0, seed=0)
     cond = adapter.encode(["a digit"] * 3)
-    z_t = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    z_t = torch.randn(3, 1, 8, 8, generator=generator)
     levels = adapter.noise_levels(10)[:3]
     with torch.no_grad():
         original = adapter.predict_x0(z_t, levels, cond, 2.0)
     checker = (torch.arange(8)[:, None] + torch.arange(8)[None, :]) % 2 * 2.0 - 1.0  # zero mean on every 2 x 2 block
-    blocks = torch.randn(3, 1, 2, 2).repeat_interleave(4, -1).repeat_interleave(4, -2)  # constant on each 4 x 4 block
+    blocks = torch.randn(3, 1, 2, 2, generator=generator).repeat_interleave(4, -1).repeat_interleave(4, -2)  # constant on each 4 x 4 block
 
     def loss(gap, pool):
         return preservation_loss(adapter, original + gap, z_t, levels, cond, 2.0, pool=pool).item()
@@ -225,6 +225,7 @@ def test_pooled_preservation_sees_only_the_gaps_block_averages(adapter):
     for refused in (-1, 1.5, True):
         with pytest.raises(FadeInputError, match="preservation_unconditional_pool"):
             FadeConfig(preservation_unconditional_pool=refused).check()
+
 
 def test_preservation_unconditional_also_holds_the_empty_prompts_prediction_at_the_neutral_states(adapter, monkeypatch):
     """L_pres with preservation_unconditional w: the guided gap on the neutral prompts, plus w times the
