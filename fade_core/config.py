@@ -68,7 +68,7 @@ class FadeConfig:
     # overall make-up stays. Off: with removal_unconditional_grad 0, preservation_unconditional 0.1 and 1, u's
     # drift to thin strokes stopped and bold kept 96 % of its other styles (78 % without), inverted 98 % at
     # 0.1 (84 % at 1); eight met every digit target with training seed 0 (worst attack 5 %) but not with seeds
-    # 1 and 2 (20 and 13 %; benchmarks/notes.md)
+    # 1 and 2 (20 and 13 %), and three fell to worst attack 7 % at 1.25x the base's FID-proxy (benchmarks/notes.md)
     preservation_unconditional_pool: int = 0
     validate_every: int = 50
     # 0: validations judge, and a run keeps, the LoRA as trained; otherwise an exponential moving average of
