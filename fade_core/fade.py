@@ -595,11 +595,11 @@ def preservation_loss(
         return torch.zeros((), device=current.device)
     with torch.no_grad(), lora_disabled(adapter):
         original = adapter.predict_x0(z_t, levels, neutral_cond, guidance)
-    gap = current - original
+    gap, pixels_per_block = current - original, 1.0
     if pool:
         pixels_per_block = gap.shape[-2] * gap.shape[-1] / pool**2
-        return F.adaptive_avg_pool2d(gap, pool).pow(2).flatten(1).sum(1).mean() * pixels_per_block
-    return gap.pow(2).flatten(1).sum(1).mean()
+        gap = F.adaptive_avg_pool2d(gap, pool)
+    return gap.pow(2).flatten(1).sum(1).mean() * pixels_per_block
 
 
 class ReplayBuffer:
